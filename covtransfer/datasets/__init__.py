@@ -1,0 +1,1 @@
+"""Synthetic chest-CT phantoms and converters for the public datasets."""

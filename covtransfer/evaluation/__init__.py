@@ -1,0 +1,1 @@
+"""Evaluation: metrics on arrays, folder evaluation, reports."""

@@ -1,0 +1,1 @@
+"""The transfer-study protocol and the synthetic demo."""

@@ -1,0 +1,1 @@
+"""Inference: sliding window, predictor and export to the input grid."""

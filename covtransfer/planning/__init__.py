@@ -1,0 +1,1 @@
+"""Self-configuration: fingerprint, target spacing, topology and the experiment planner."""

@@ -1,0 +1,1 @@
+"""Preprocessing: resampling, intensity normalisation and the per-case preprocessor."""

@@ -1,0 +1,1 @@
+"""Training: trainer loop, strategies, patch sampling, augmentation, loss, checkpoints."""

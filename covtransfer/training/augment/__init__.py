@@ -1,0 +1,1 @@
+"""Batched torch augmentation that runs on the training device, one transform per module."""

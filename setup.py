@@ -1,0 +1,30 @@
+"""covtransfer: install with ``pip install torch==2.13.0`` first (CPU build), then ``pip install -e .[test]``."""
+
+from setuptools import find_packages, setup
+
+COMMANDS = {
+    # command name: module under covtransfer.cli (each module exposes main(argv) and entry())
+}
+
+setup(
+    name="covtransfer",
+    version="0.1.0",
+    description="Self-configuring 3D CT segmentation and transfer from non-COVID lung lesions to COVID-19",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["covtransfer", "covtransfer.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "scipy",
+        "SimpleITK>=2.2",
+        "batchgenerators",
+        "acvl-utils",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": [f"{name}=covtransfer.cli.{module}:entry" for name, module in COMMANDS.items()]},
+)
