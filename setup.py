@@ -4,6 +4,8 @@ from setuptools import find_packages, setup
 
 COMMANDS = {
     # command name: module under covtransfer.cli (each module exposes main(argv) and entry())
+    "covtransfer_convert": "convert",
+    "covtransfer_verify": "verify",
 }
 
 setup(

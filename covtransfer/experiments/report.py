@@ -1,0 +1,132 @@
+"""The study's outputs: ``results.csv`` and ``results.md`` (one row per pre-training and strategy), the convergence
+plot, the per-case DSC box plot, overlay PNGs of a few test cases, ``per_case.csv`` and ``commands.txt``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from covtransfer.atomic import atomic_path, write_text
+from covtransfer.config import Roots, find_dataset
+from covtransfer.data.image_io import read_image
+
+COLUMNS = [("DSC %", "dice"), ("NSD@τ %", "nsd"), ("sensitivity %", "sensitivity"), ("precision %", "precision"),
+           ("MCC %", "mcc")]
+
+
+def _name(row: dict) -> str:
+    return row["strategy"] if row["pretraining"] == "none" else f"{row['strategy']} ({row['pretraining']})"
+
+
+def results_table(rows: list[dict]) -> str:
+    """The results as a Markdown table (metrics in %, mean ± std over all test cases of all folds)."""
+    header = ["pre-training", "strategy", "cases"] + [c for c, _ in COLUMNS] + ["train min/fold", "conv. epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["pretraining"], row["strategy"], str(row["num_cases"])]
+        cells += [f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}" for _, m in COLUMNS]
+        cells += [f"{row['training_minutes']:.1f}", f"{row['convergence_epoch']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def write_report(folder: Path, rows: list[dict], commands: list[str], target: str, roots: Roots) -> list[Path]:
+    """Write every study output into ``folder``; returns the plot paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in rows[0] if k not in ("per_case", "histories")] if rows else []
+    with atomic_path(folder / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(folder / "results.md", f"# Transfer study on {target}\n\n{results_table(rows)}\n")
+    write_text(folder / "commands.txt", "\n".join(dict.fromkeys(commands)) + "\n")
+    with atomic_path(folder / "per_case.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["pretraining", "strategy", "fold", "case", "label", "dice", "nsd", "hd95"])
+        for row in rows:
+            for case in row["per_case"]:
+                writer.writerow([row["pretraining"], row["strategy"], case["fold"], case["case"], case["label"],
+                                 case["dice"], case["nsd"], case["hd95"]])
+    plots = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        history = row["histories"][0] if row["histories"] else []
+        ax.plot([r["epoch"] for r in history], [r["ema_dice"] for r in history], label=_name(row))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation pseudo Dice (moving average)")
+    ax.set_title("Convergence (first fold)")
+    ax.legend(fontsize=8)
+    _save(fig, folder / "convergence.png")
+    plt.close(fig)
+    plots.append(folder / "convergence.png")
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 5))
+    ax.boxplot([[c["dice"] for c in row["per_case"] if c["dice"] is not None and np.isfinite(c["dice"])]
+                or [np.nan] for row in rows])
+    ax.set_xticks(range(1, len(rows) + 1), [_name(r) for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("DSC per test case")
+    fig.tight_layout()
+    _save(fig, folder / "dice_boxplot.png")
+    plt.close(fig)
+    plots.append(folder / "dice_boxplot.png")
+    plots += write_overlays(folder, rows, target, roots)
+    return plots
+
+
+def write_overlays(folder: Path, rows: list[dict], target: str, roots: Roots, n_cases: int = 3) -> list[Path]:
+    """For a few test cases of the first fold: the axial slice with most reference lesion, with the reference and
+    each strategy's prediction drawn as contours."""
+    import matplotlib.pyplot as plt
+
+    if not rows or not rows[0]["per_case"]:
+        return []
+    first_fold = rows[0]["per_case"][0]["fold"]
+    cases = list(dict.fromkeys(c["case"] for c in rows[0]["per_case"] if c["fold"] == first_fold))[:n_cases]
+    raw = find_dataset(roots.raw, target)
+    paths = []
+    for case in cases:
+        image_path = next((p for sub in ("imagesTs", "imagesTr") for p in (raw / sub).glob(f"{case}_0000.*")), None)
+        label_path = next((p for sub in ("labelsTs", "labelsTr") for p in (raw / sub).glob(f"{case}.*")), None)
+        if image_path is None or label_path is None:
+            continue
+        image, _ = read_image(image_path)
+        reference, _ = read_image(label_path)
+        z = int(np.argmax((reference > 0).sum(axis=(1, 2))))
+        fig, axes = plt.subplots(1, len(rows) + 1, figsize=(3 * (len(rows) + 1), 3.3))
+        panels = [("reference", reference)]
+        for row in rows:
+            prediction_path = next((folder / "predictions" / _run_folder(row) / f"fold_{first_fold}").glob(
+                f"{case}.*"), None)
+            if prediction_path is not None:
+                panels.append((_name(row), read_image(prediction_path)[0]))
+        for ax, (title, mask) in zip(axes, panels):
+            ax.imshow(np.clip(image[z], -1350, 150), cmap="gray")
+            if mask[z].any():
+                ax.contour(mask[z] > 0, levels=[0.5], colors="lime" if title == "reference" else "red",
+                           linewidths=0.8)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        for ax in axes[len(panels):]:
+            ax.axis("off")
+        fig.tight_layout()
+        path = folder / f"overlay_{case}.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _run_folder(row: dict) -> str:
+    return row["strategy"] if row["pretraining"] == "none" else f"{row['strategy']}__from_{row['pretraining']}"

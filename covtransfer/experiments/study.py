@@ -1,0 +1,195 @@
+"""The transfer study: plan the target, preprocess the sources with the target's plans, pre-train on the source
+lesions, train every strategy on every fold of the target, predict each fold's test cases, evaluate, aggregate.
+
+Every step is skipped when its output exists, so a rerun (or a run after an interruption) continues where the
+last one stopped. Results go to ``<study folder>/``: ``results.csv``, ``results.md``, plots, ``commands.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from covtransfer.atomic import write_json, write_text
+from covtransfer.config import Roots, find_dataset
+from covtransfer.data.dataset_json import list_cases, load_dataset_json
+from covtransfer.evaluation.evaluate import evaluate_case, summarise
+from covtransfer.experiments.report import write_report
+from covtransfer.inference.predictor import Predictor
+from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.training.api import fold_folder, read_metrics, train
+from covtransfer.training.checkpoint import newest_checkpoint
+from covtransfer.training.strategies import make_strategy
+from covtransfer.training.trainer import TrainingSettings
+
+DEFAULT_STRATEGIES = ("scratch", "continual", "finetune", "encoder", "hybrid")
+METRICS = ("dice", "nsd", "sensitivity", "precision", "mcc")
+
+
+@dataclass
+class StudySpec:
+    """What the study runs: datasets, strategies, folds, pre-training mode, and the training settings."""
+
+    target: str
+    sources: list[str]
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
+    folds: list[str] = field(default_factory=lambda: ["0", "1", "2", "3", "4"])
+    pretrain: str = "multi"
+    settings: TrainingSettings = field(default_factory=TrainingSettings)
+    pretrain_settings: TrainingSettings | None = None
+    preset: str | None = None
+    gpu_memory_gb: float = 8.0
+    configuration: str = "3d_fullres"
+    tolerance_mm: float = 3.0
+    tta: bool = True
+    num_processes: int | None = None
+
+
+@dataclass
+class Pretraining:
+    """One pre-trained model of the study: its tag (``multi`` or a source name) and its fold folder."""
+
+    tag: str
+    sources: list[str]
+    folder: Path
+
+
+class Study:
+    """Runs a :class:`StudySpec` step by step and records the equivalent commands."""
+
+    def __init__(self, spec: StudySpec, roots: Roots, output: Path | None = None):
+        if spec.pretrain not in ("multi", "each", "both"):
+            raise ValueError(f"pretrain must be multi, each or both, not {spec.pretrain!r}")
+        for name in spec.strategies:
+            make_strategy(name)
+        self.spec, self.roots = spec, roots
+        self.output = Path(output) if output else None
+        self.commands: list[str] = []
+
+    def _command(self, text: str) -> None:
+        self.commands.append(text)
+
+    def _flags(self, settings: TrainingSettings) -> str:
+        return (f"--epochs {settings.epochs} --iters-per-epoch {settings.iters_per_epoch} "
+                f"--val-iters {settings.val_iters} --device {settings.device} --seed {settings.seed}")
+
+    # ------------------------------------------------------------------------------------------ steps
+    def prepare(self) -> tuple[str, list[str]]:
+        """Plan and preprocess the target, then the sources with the target's plans; returns their names."""
+        s = self.spec
+        preset = f" --preset {s.preset}" if s.preset else ""
+        self._command(f"covtransfer_plan_and_preprocess -d {s.target}{preset} --gpu-memory-gb {s.gpu_memory_gb}")
+        target = plan_and_preprocess([s.target], self.roots, gpu_memory_gb=s.gpu_memory_gb, preset=s.preset,
+                                     configurations=[s.configuration], num_processes=s.num_processes)[0]
+        self._command(f"covtransfer_plan_and_preprocess -d {' '.join(s.sources)} --plans-from {s.target}")
+        sources = plan_and_preprocess(s.sources, self.roots, plans_from=target.name,
+                                      configurations=[s.configuration], num_processes=s.num_processes)
+        return target.name, [p.name for p in sources]
+
+    def _train(self, datasets: list[str], strategy: str, fold: str, settings: TrainingSettings,
+               pretrained: Path | None = None, tag: str | None = None) -> Path:
+        folder = fold_folder(self.roots, datasets, strategy, fold, tag)
+        flags = f" --pretrained {pretrained}" if pretrained else ""
+        flags += f" --tag {tag}" if tag else ""
+        self._command(f"covtransfer_train -d {' '.join(datasets)} -t {strategy} -f {fold}{flags} "
+                      f"{self._flags(settings)}")
+        if (folder / "checkpoint_final.pt").is_file():
+            return folder
+        resume = folder.is_dir() and newest_checkpoint(folder) is not None
+        return train(datasets, make_strategy(strategy), fold, self.roots, settings, self.spec.configuration,
+                     pretrained, resume=resume, tag=tag)
+
+    def pretrain(self, sources: list[str]) -> list[Pretraining]:
+        """Pre-train one multi-lesion model and/or one model per source (on all their cases)."""
+        settings = replace(self.spec.pretrain_settings or self.spec.settings, final_validation=False)
+        groups = []
+        if self.spec.pretrain in ("multi", "both"):
+            groups.append(("multi", sources))
+        if self.spec.pretrain in ("each", "both"):
+            groups += [(name, [name]) for name in sources]
+        return [Pretraining(tag, datasets, self._train(datasets, "pretrain", "all", settings))
+                for tag, datasets in groups]
+
+    def test_cases(self, target: str, fold: str) -> list[tuple[str, list[Path], Path]]:
+        """Test cases of a fold: the split's ``test`` list when it has one, else the labelled ``imagesTs`` cases."""
+        raw = find_dataset(self.roots.raw, target)
+        info = load_dataset_json(raw)
+        splits_path = find_dataset(self.roots.preprocessed, target) / "splits.json"
+        splits = json.loads(splits_path.read_text()) if splits_path.is_file() else []
+        if fold != "all" and int(fold) < len(splits) and "test" in splits[int(fold)]:
+            wanted = set(splits[int(fold)]["test"])
+            return [(c.case_id, c.images, c.label) for c in list_cases(raw, info, "Tr") if c.case_id in wanted]
+        ts = [c for c in list_cases(raw, info, "Ts")]
+        labels = raw / "labelsTs"
+        return [(c.case_id, c.images, labels / f"{c.case_id}{info.file_ending}") for c in ts
+                if (labels / f"{c.case_id}{info.file_ending}").is_file()]
+
+    def evaluate_fold(self, target: str, model_folder: Path, fold: str, predictions: Path) -> list[dict]:
+        """Predict the fold's test cases with one model (skipping finished ones) and score them."""
+        cases = self.test_cases(target, fold)
+        labels = sorted(v for v in load_dataset_json(find_dataset(self.roots.raw, target)).labels.values() if v)
+        predictor = Predictor([model_folder], device=self.spec.settings.device, tta=self.spec.tta)
+        rows = []
+        for case_id, images, reference in cases:
+            out = predictions / f"{case_id}{''.join(reference.suffixes[-2:]) if reference.name.endswith('.gz') else reference.suffix}"
+            if not out.is_file():
+                predictor.predict_to_file(images, out)
+            rows += [{"fold": fold, **row} for row in evaluate_case(case_id, reference, out, labels,
+                                                                    self.spec.tolerance_mm)[0]]
+        return rows
+
+    def run(self) -> list[dict]:
+        """Every step of the study; returns the aggregated rows (one per pre-training and strategy)."""
+        target, sources = self.prepare()
+        output = self.output or self.roots.results / target / "study"
+        pretrainings = self.pretrain(sources)
+        runs = []
+        for strategy in self.spec.strategies:
+            if make_strategy(strategy).needs_pretrained:
+                runs += [(p.tag, strategy, p) for p in pretrainings]
+            else:
+                runs.append(("none", strategy, None))
+        rows = []
+        for pretrain_tag, strategy, pretraining in runs:
+            tag = None if pretraining is None else f"from_{pretrain_tag}"
+            per_case, histories, times = [], [], []
+            for fold in self.spec.folds:
+                model = self._train([target], strategy, fold, self.spec.settings,
+                                    pretraining.folder if pretraining else None, tag)
+                history = read_metrics(model)
+                histories.append(history)
+                times.append(sum(r["epoch_time"] for r in history))
+                name = strategy if tag is None else f"{strategy}__{tag}"
+                per_case += self.evaluate_fold(target, model, fold, output / "predictions" / name / f"fold_{fold}")
+            rows.append(aggregate(pretrain_tag, strategy, per_case, histories, times))
+            rows[-1]["per_case"] = per_case
+            rows[-1]["histories"] = histories
+        write_report(output, rows, self.commands, target, self.roots)
+        return rows
+
+
+def convergence_epoch(history: list[dict], fraction: float = 0.9) -> int | None:
+    """First epoch whose moving-average validation Dice reaches ``fraction`` of its final value."""
+    values = [r["ema_dice"] for r in history if r.get("ema_dice") is not None and np.isfinite(r["ema_dice"])]
+    if not values:
+        return None
+    goal = fraction * values[-1]
+    return next(i for i, v in enumerate(values) if v >= goal)
+
+
+def aggregate(pretraining: str, strategy: str, per_case: list[dict], histories: list[list[dict]],
+              times: list[float]) -> dict:
+    """One results row: metric mean ± std over all test cases of all folds, training time, convergence."""
+    summary = summarise(per_case) if per_case else {"mean": {}, "std": {}}
+    label = next(iter(summary["mean"]), None)
+    row = {"pretraining": pretraining, "strategy": strategy, "num_cases": len(per_case)}
+    for metric in METRICS:
+        row[f"{metric}_mean"] = summary["mean"][label][metric] if label else float("nan")
+        row[f"{metric}_std"] = summary["std"][label][metric] if label else float("nan")
+    epochs = [e for e in (convergence_epoch(h) for h in histories) if e is not None]
+    row["training_minutes"] = float(np.mean(times)) / 60 if times else float("nan")
+    row["convergence_epoch"] = float(np.mean(epochs)) if epochs else float("nan")
+    return row

@@ -1,0 +1,86 @@
+"""Build networks from plans or from a checkpoint's ``network`` spec, and load checkpoint weights strictly.
+
+The spec (``{"kind", "num_input_channels", "heads", "configuration"}``) is what a checkpoint records so that
+inference rebuilds exactly the trained network without the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from covtransfer.errors import CovtransferError
+from covtransfer.network.hybrid import HybridUNet
+from covtransfer.network.unet import SegmentationNetwork, UNet
+from covtransfer.plans import Configuration
+
+NETWORKS: dict[str, type[SegmentationNetwork]] = {"unet": UNet, "hybrid": HybridUNet}
+SPEC_KEYS = ("kind", "num_input_channels", "heads", "configuration")
+
+
+def network_class(kind: str) -> type[SegmentationNetwork]:
+    """The network class of a kind (``unet`` or ``hybrid``)."""
+    if kind not in NETWORKS:
+        raise CovtransferError(f"unknown network kind {kind!r} (known: {', '.join(NETWORKS)})")
+    return NETWORKS[kind]
+
+
+def build_network(configuration: Configuration, num_input_channels: int, heads: dict[str, int], kind: str = "unet",
+                  deep_supervision: bool = True) -> nn.Module:
+    """A freshly initialised network of ``kind`` for the configuration's topology, one head set per task."""
+    return network_class(kind)(configuration, num_input_channels, dict(heads), deep_supervision=deep_supervision)
+
+
+def network_spec(configuration: Configuration, num_input_channels: int, heads: dict[str, int],
+                 kind: str = "unet") -> dict:
+    """The checkpoint's ``network`` entry: everything :func:`build_from_spec` needs, as plain JSON types."""
+    network_class(kind)
+    return {"kind": kind, "num_input_channels": int(num_input_channels),
+            "heads": {task: int(n) for task, n in heads.items()}, "configuration": configuration.to_dict()}
+
+
+def build_from_spec(spec: dict, deep_supervision: bool = True, source: str | os.PathLike = "checkpoint") -> nn.Module:
+    """A freshly initialised network from a ``network`` spec; ``source`` names the file in error messages."""
+    missing = [k for k in SPEC_KEYS if k not in spec]
+    if missing:
+        raise CovtransferError(f"{source}: network spec lacks {', '.join(missing)}")
+    try:
+        configuration = Configuration.from_dict(spec["configuration"])
+    except (KeyError, TypeError) as exc:
+        raise CovtransferError(f"{source}: network spec has an invalid configuration ({exc})") from None
+    return build_network(configuration, spec["num_input_channels"], spec["heads"], spec["kind"], deep_supervision)
+
+
+def build_from_checkpoint(checkpoint: dict, deep_supervision: bool = False,
+                          source: str | os.PathLike = "checkpoint") -> nn.Module:
+    """The checkpoint's network with its weights; any missing, unexpected or misshapen tensor is an error."""
+    for key in ("network", "state_dict"):
+        if key not in checkpoint:
+            raise CovtransferError(f"{source}: not a covtransfer checkpoint (no {key!r} entry)")
+    network = build_from_spec(checkpoint["network"], deep_supervision, source)
+    problems = state_dict_mismatches(network, checkpoint["state_dict"])
+    if problems:
+        raise CovtransferError(f"{source}: weights do not fit the recorded network: {'; '.join(problems)}")
+    network.load_state_dict(checkpoint["state_dict"], strict=True)
+    return network
+
+
+def state_dict_mismatches(network: nn.Module, state_dict: dict[str, torch.Tensor], limit: int = 5) -> list[str]:
+    """Readable differences between a network's tensors and a state dict (at most ``limit`` names per kind)."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    misshapen = [f"{k} {_shape(state_dict[k])} vs {_shape(v)}" for k, v in own.items()
+                 if k in state_dict and _shape(state_dict[k]) != _shape(v)]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape (checkpoint vs network)", misshapen)):
+        if names:
+            more = f" and {len(names) - limit} more" if len(names) > limit else ""
+            problems.append(f"{len(names)} {label}: {', '.join(names[:limit])}{more}")
+    return problems
+
+
+def _shape(value: object) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

@@ -1,0 +1,145 @@
+"""The dataset fingerprint (``dataset_fingerprint.json``): what planning needs to know about a raw dataset.
+
+Per training case: the spacing and the shape after cropping to the non-zero region, and the fraction of the image
+the crop keeps. Per channel: foreground (label > 0) intensity statistics pooled over a fixed budget of sampled
+voxels (1e8 in total, ``budget // n_cases`` per case, drawn with replacement from a RandomState seeded 1234 per
+case, as nnU-Net does), so that CT normalisation uses dataset-wide foreground percentiles, mean and std. Cases are
+analysed in worker processes and only the sampled voxels travel back, which bounds the parent's memory to the
+budget (4 bytes per sample and channel).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from covtransfer.atomic import write_json
+from covtransfer.data.cropping import crop_to_nonzero
+from covtransfer.data.dataset_json import DatasetInfo, list_cases
+from covtransfer.data.image_io import read_image
+from covtransfer.errors import CovtransferError
+
+FOREGROUND_VOXEL_BUDGET = 10 ** 8
+SAMPLING_SEED = 1234
+REQUIRED_KEYS = ("spacings", "shapes_after_crop", "foreground_intensity_properties_per_channel",
+                 "median_relative_size_after_cropping")
+
+
+def analyse_case(image_paths: Sequence[str | os.PathLike], label_path: str | os.PathLike,
+                 samples_per_channel: int) -> dict:
+    """Spacing, cropped shape, relative crop size and ``samples_per_channel`` foreground intensities per channel."""
+    images = [read_image(path) for path in image_paths]
+    shapes = {array.shape for array, _ in images}
+    if len(shapes) != 1:
+        raise CovtransferError(f"{Path(image_paths[0]).parent}: channels of one case differ in shape: {sorted(shapes)}")
+    data = np.stack([array for array, _ in images])
+    seg, _ = read_image(label_path)
+    if seg.shape != data.shape[1:]:
+        raise CovtransferError(f"{label_path}: label shape {seg.shape} differs from image shape {data.shape[1:]}")
+    cropped, cropped_seg, _, _ = crop_to_nonzero(data, seg[None])
+    foreground = cropped_seg[0] > 0
+    rng = np.random.RandomState(SAMPLING_SEED)
+    samples = []
+    for channel in cropped:
+        values = channel[foreground].astype(np.float32)
+        samples.append(rng.choice(values, samples_per_channel, replace=True) if values.size
+                       else np.empty(0, dtype=np.float32))
+    return {"spacing": [float(s) for s in images[0][1].spacing],
+            "shape_after_crop": [int(s) for s in cropped.shape[1:]],
+            "relative_size_after_cropping": float(np.prod(cropped.shape[1:]) / np.prod(data.shape[1:])),
+            "samples": samples}
+
+
+def _analyse_case_star(args: tuple) -> dict:
+    return analyse_case(*args)
+
+
+def intensity_statistics(values: np.ndarray) -> dict:
+    """mean, median, std, min, max and the 0.5 / 99.5 percentiles of ``values`` (which may be reordered)."""
+    stats = {"mean": float(np.mean(values, dtype=np.float64)), "std": float(np.std(values, dtype=np.float64)),
+             "min": float(np.min(values)), "max": float(np.max(values))}
+    low, median, high = np.percentile(values, (0.5, 50.0, 99.5), overwrite_input=True)
+    stats.update({"median": float(median), "percentile_00_5": float(low), "percentile_99_5": float(high)})
+    return stats
+
+
+def compute_fingerprint(raw_folder: str | os.PathLike, info: DatasetInfo, num_processes: int = 2,
+                        voxel_budget: int = FOREGROUND_VOXEL_BUDGET) -> dict:
+    """Fingerprint the training cases of ``raw_folder`` (``imagesTr`` + ``labelsTr``) with ``num_processes`` workers.
+
+    ``voxel_budget`` is the total number of foreground samples per channel (nnU-Net's 1e8 by default; lower it to
+    save memory on small machines).
+    """
+    raw_folder = Path(raw_folder)
+    cases = list_cases(raw_folder, info, "Tr")
+    if not cases:
+        raise CovtransferError(f"{raw_folder / 'imagesTr'}: no training cases found")
+    for case in cases:
+        if case.label is None:
+            raise CovtransferError(f"{raw_folder / 'labelsTr'}: no label file for case {case.case_id}")
+        if len(case.images) != info.num_channels:
+            raise CovtransferError(f"{raw_folder / 'imagesTr'}: case {case.case_id} has {len(case.images)} channel "
+                                   f"files, dataset.json declares {info.num_channels}")
+    per_case = int(voxel_budget // len(cases))
+    jobs = [([str(p) for p in case.images], str(case.label), per_case) for case in cases]
+    pooled = [np.empty(per_case * len(cases), dtype=np.float32) for _ in range(info.num_channels)]
+    filled = [0] * info.num_channels
+    results = []
+
+    def collect(result: dict) -> None:
+        for channel, samples in enumerate(result.pop("samples")):
+            pooled[channel][filled[channel]:filled[channel] + samples.size] = samples
+            filled[channel] += samples.size
+        results.append(result)
+
+    progress = dict(total=len(jobs), desc="fingerprint", unit="case", disable=None)
+    if num_processes <= 1 or len(jobs) == 1:
+        for job in tqdm(jobs, **progress):
+            collect(analyse_case(*job))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(num_processes, len(jobs))) as pool:
+            for result in tqdm(pool.imap(_analyse_case_star, jobs), **progress):
+                collect(result)
+
+    properties = {}
+    for channel in range(info.num_channels):
+        if filled[channel] == 0:
+            raise CovtransferError(f"{raw_folder / 'labelsTr'}: no foreground voxel (label > 0) in any case, "
+                                   "so no intensity statistics can be computed")
+        properties[str(channel)] = intensity_statistics(pooled[channel][:filled[channel]])
+    return {
+        "case_ids": [case.case_id for case in cases],
+        "spacings": [r["spacing"] for r in results],
+        "shapes_after_crop": [r["shape_after_crop"] for r in results],
+        "foreground_intensity_properties_per_channel": properties,
+        "median_relative_size_after_cropping": float(np.median([r["relative_size_after_cropping"]
+                                                                  for r in results])),
+        "foreground_samples_per_case": per_case,
+    }
+
+
+def save_fingerprint(path: str | os.PathLike, fingerprint: dict) -> None:
+    """Write ``fingerprint`` as indented JSON, atomically."""
+    write_json(path, fingerprint)
+
+
+def load_fingerprint(path: str | os.PathLike) -> dict:
+    """Read a fingerprint written by :func:`save_fingerprint`; a one-line error if it is missing or incomplete."""
+    path = Path(path)
+    if not path.is_file():
+        raise CovtransferError(f"{path}: no fingerprint (run covtransfer_plan_and_preprocess first)")
+    try:
+        fingerprint = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CovtransferError(f"{path}: not valid JSON ({exc})") from None
+    missing = [key for key in REQUIRED_KEYS if key not in fingerprint]
+    if missing:
+        raise CovtransferError(f"{path}: fingerprint lacks {', '.join(missing)}")
+    return fingerprint

@@ -1,0 +1,139 @@
+"""Verify, fingerprint, plan and preprocess datasets: the API behind ``covtransfer_plan_and_preprocess``.
+
+Every dataset is verified before anything is written for any of them, so a broken dataset is refused with its
+problems listed and leaves no trace. With ``plans_from`` the source datasets get the target's plans (spacing,
+patch, topology, normalisation), so one network fits all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from covtransfer.config import Roots, find_dataset
+from covtransfer.data.dataset_json import list_cases, load_dataset_json
+from covtransfer.data.verify import verify_dataset
+from covtransfer.errors import CovtransferError
+from covtransfer.planning.fingerprint import compute_fingerprint, load_fingerprint, save_fingerprint
+from covtransfer.planning.planner import plan_experiment, plans_from as copy_plans
+from covtransfer.plans import Plans
+from covtransfer.preprocessing.run import preprocess_dataset
+
+
+def _refuse_if_broken(raw_folder: Path, num_processes: int) -> None:
+    report = verify_dataset(raw_folder, num_processes)
+    if not report.ok:
+        count = len(report.problems)
+        lines = "\n".join(f"  {problem}" for problem in report.problems)
+        raise CovtransferError(f"{raw_folder}: {count} problem{'s' if count != 1 else ''} found, nothing written "
+                               f"(fix them or see covtransfer_verify):\n{lines}")
+
+
+def _target_plans_path(roots: Roots, target: str | int) -> Path:
+    try:
+        folder = find_dataset(roots.preprocessed, target)
+    except CovtransferError:
+        raise CovtransferError(f"{roots.preprocessed}: --plans-from target {target} is not planned; plan the target "
+                               f"first (covtransfer_plan_and_preprocess -d {target})") from None
+    path = folder / "plans.json"
+    if not path.is_file():
+        raise CovtransferError(f"{path}: --plans-from target {target} is not planned; plan the target first "
+                               f"(covtransfer_plan_and_preprocess -d {target})")
+    return path
+
+
+def _raw_name(roots: Roots, key: str | int) -> str | None:
+    try:
+        return find_dataset(roots.raw, key).name
+    except CovtransferError:
+        return None
+
+
+def _fingerprint(raw_folder: Path, out_folder: Path, info, num_processes: int, overwrite: bool) -> dict:
+    """The saved fingerprint when it covers exactly the current training cases, else a fresh one (saved)."""
+    path = out_folder / "dataset_fingerprint.json"
+    case_ids = [case.case_id for case in list_cases(raw_folder, info, "Tr")]
+    if path.is_file() and not overwrite:
+        try:
+            saved = load_fingerprint(path)
+        except CovtransferError:
+            saved = {}
+        if saved.get("case_ids") == case_ids:
+            return saved
+    fingerprint = compute_fingerprint(raw_folder, info, num_processes)
+    save_fingerprint(path, fingerprint)
+    return fingerprint
+
+
+def _stale_configurations(old_path: Path, new: Plans) -> set[str]:
+    """Configurations whose preprocessing would differ from what the previous ``plans.json`` produced."""
+    if not old_path.is_file():
+        return set()
+    try:
+        old = Plans.load(old_path)
+    except CovtransferError:
+        return set(new.configurations)
+    shared = (old.transpose_forward == new.transpose_forward and old.labels == new.labels
+              and old.channel_names == new.channel_names)
+    return {name for name, configuration in new.configurations.items()
+            if not shared or name not in old.configurations
+            or old.configurations[name].to_dict() != configuration.to_dict()}
+
+
+def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_from: str | int | None = None,
+                        gpu_memory_gb: float = 8.0, preset: str | None = None,
+                        configurations: Sequence[str] | None = None, num_processes: int | None = None,
+                        overwrite: bool = False, verify: bool = True, plan_only: bool = False) -> list[Path]:
+    """Fingerprint, plan and preprocess each dataset; returns the preprocessed dataset folders.
+
+    ``plans_from`` names a target dataset whose plans the others reuse; it must be planned already or be one of
+    ``dataset_ids`` (then it is planned first and listed first). ``configurations`` defaults to every planned one. Finished cases
+    are kept unless ``overwrite`` (or unless the plans changed since they were written).
+    """
+    num_processes = int(num_processes or os.cpu_count() or 1)
+    raw_folders = list(dict.fromkeys(find_dataset(roots.raw, d) for d in dataset_ids))
+    target_name, target_plans = None, None
+    if plans_from is not None:
+        target_name = _raw_name(roots, plans_from)
+        if target_name in {f.name for f in raw_folders}:
+            raw_folders.sort(key=lambda f: f.name != target_name)
+        else:
+            target_plans = Plans.load(_target_plans_path(roots, plans_from))
+            target_name = target_plans.dataset_name
+    if verify:
+        for folder in raw_folders:
+            _refuse_if_broken(folder, num_processes)
+    infos = {folder: load_dataset_json(folder) for folder in raw_folders}
+    if plans_from is not None:
+        channels = target_plans.num_input_channels if target_plans else infos[raw_folders[0]].num_channels
+        for folder, info in infos.items():
+            if info.num_channels != channels:
+                raise CovtransferError(f"dataset {folder.name} has {info.num_channels} input channel(s) but the plans "
+                                       f"of {target_name} expect {channels}; --plans-from needs datasets with the "
+                                       "same channels")
+
+    outputs = []
+    for folder in raw_folders:
+        info = infos[folder]
+        out = roots.preprocessed / folder.name
+        fingerprint = _fingerprint(folder, out, info, num_processes, overwrite)
+        if plans_from is None or folder.name == target_name:
+            plans = plan_experiment(fingerprint, info, folder.name, gpu_memory_gb, preset)
+            if folder.name == target_name:
+                target_plans = plans
+        else:
+            plans = copy_plans(target_plans, folder.name, info)
+        names = list(configurations or plans.configurations)
+        for name in names:
+            plans.configuration(name)
+        stale = _stale_configurations(out / "plans.json", plans)
+        plans.save(out / "plans.json")
+        if not plan_only:
+            fresh = [n for n in names if n not in stale]
+            if fresh:
+                preprocess_dataset(folder, out, plans, fresh, num_processes, overwrite)
+            if stale & set(names):
+                preprocess_dataset(folder, out, plans, [n for n in names if n in stale], num_processes, True)
+        outputs.append(out)
+    return outputs

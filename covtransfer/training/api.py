@@ -1,0 +1,117 @@
+"""Training as a library call: resolve datasets, plans, fold and pre-trained model, run the trainer, validate.
+
+Every check that can refuse a run happens before the fold folder is created, so a refused run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from covtransfer.config import Roots, find_dataset
+from covtransfer.errors import CovtransferError
+from covtransfer.plans import Plans
+from covtransfer.training.checkpoint import find_checkpoint, load_checkpoint
+from covtransfer.training.splits import fold_cases, load_or_create_splits
+from covtransfer.training.strategies import Strategy
+from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
+from covtransfer.training.validation import validate_fold
+
+
+def run_name(dataset_names: list[str]) -> str:
+    """The results folder of a run: the dataset's name, or one naming every source of a multi-lesion run."""
+    return dataset_names[0] if len(dataset_names) == 1 else "Pretrain__" + "__".join(dataset_names)
+
+
+def fold_folder(roots: Roots, dataset_names: list[str], strategy: str, fold: str | int, tag: str | None = None) -> Path:
+    """``RESULTS/<run>/<strategy>[__<tag>]/fold_<K>``."""
+    name = f"{strategy}__{tag}" if tag else strategy
+    return roots.results / run_name(dataset_names) / name / f"fold_{fold}"
+
+
+def _load_task(roots: Roots, dataset_id: str | int, configuration: str, fold: str | int) -> TrainingTask:
+    folder = find_dataset(roots.preprocessed, dataset_id)
+    plans_path = folder / "plans.json"
+    if not plans_path.is_file():
+        raise CovtransferError(f"{folder}: not preprocessed (run covtransfer_plan_and_preprocess -d {dataset_id})")
+    plans = Plans.load(plans_path)
+    data_folder = folder / plans.configuration(configuration).data_identifier
+    case_ids = sorted(p.stem for p in data_folder.glob("*.json")) if data_folder.is_dir() else []
+    if not case_ids:
+        raise CovtransferError(f"{data_folder}: no preprocessed cases (run covtransfer_plan_and_preprocess "
+                               f"-d {dataset_id} -c {configuration})")
+    train_ids, val_ids = fold_cases(load_or_create_splits(folder, case_ids), fold, case_ids)
+    return TrainingTask(folder.name, folder, plans, train_ids, val_ids)
+
+
+def _same_plans(a: Plans, b: Plans, configuration: str) -> bool:
+    ca, cb = a.configuration(configuration).to_dict(), b.configuration(configuration).to_dict()
+    return ca == cb and a.transpose_forward == b.transpose_forward and a.channel_names == b.channel_names
+
+
+def load_pretrained(path: str | Path, num_input_channels: int) -> tuple[dict, str]:
+    """The pre-trained checkpoint (a file, or a run/fold folder's ``checkpoint_final.pt``) and its path."""
+    checkpoint_path = find_checkpoint(path, "final")
+    checkpoint = load_checkpoint(checkpoint_path)
+    channels = checkpoint["network"]["num_input_channels"]
+    if channels != num_input_channels:
+        raise CovtransferError(f"{checkpoint_path}: trained on {channels} input channel(s), the target has "
+                               f"{num_input_channels}")
+    return checkpoint, str(checkpoint_path)
+
+
+def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roots: Roots,
+          settings: TrainingSettings, configuration: str = "3d_fullres", pretrained: str | Path | None = None,
+          resume: bool = False, tag: str | None = None) -> Path:
+    """Train one fold and validate it; returns the fold folder."""
+    if len(dataset_ids) > 1 and strategy.name != "pretrain":
+        raise CovtransferError(f"-t {strategy.name} trains on one dataset; several datasets need -t pretrain")
+    tasks = [_load_task(roots, d, configuration, fold) for d in dataset_ids]
+    for task in tasks[1:]:
+        if not _same_plans(tasks[0].plans, task.plans, configuration):
+            raise CovtransferError(
+                f"{task.name} and {tasks[0].name} have different plans; multi-lesion pre-training needs one plans "
+                f"file: run covtransfer_plan_and_preprocess -d {task.name} --plans-from TARGET for every source")
+    if strategy.needs_pretrained and pretrained is None:
+        raise CovtransferError(f"-t {strategy.name} needs --pretrained PATH (a checkpoint or a run folder)")
+    if not strategy.needs_pretrained and pretrained is not None:
+        raise CovtransferError(f"-t {strategy.name} does not use --pretrained")
+    checkpoint, source = (load_pretrained(pretrained, tasks[0].plans.num_input_channels)
+                          if pretrained is not None else (None, ""))
+    folder = fold_folder(roots, [t.name for t in tasks], strategy.name, fold, tag)
+    if not resume and any(folder.glob("checkpoint_*.pt")):
+        raise CovtransferError(f"{folder}: already holds checkpoints; use --continue to resume, or delete it")
+    created = not folder.exists()
+    trainer = Trainer(tasks, configuration, strategy, folder, settings, checkpoint, source)
+    try:
+        if resume:
+            trainer.resume()
+        _copy_run_files(tasks[0], folder.parent)
+        trainer.fit()
+        if settings.final_validation and trainer.context.is_main:
+            for task in tasks:
+                validate_fold(trainer, task, folder / "validation" if len(tasks) == 1
+                              else folder / "validation" / task.name)
+    except BaseException:
+        if created and not any(folder.glob("checkpoint_*.pt")):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        trainer.close()
+    return folder
+
+
+def _copy_run_files(task: TrainingTask, run_folder: Path) -> None:
+    """Copy the plans and dataset description next to the folds, as nnU-Net does, for inspection."""
+    run_folder.mkdir(parents=True, exist_ok=True)
+    for name in ("plans.json", "dataset.json"):
+        source = task.preprocessed_folder / name
+        if source.is_file() and not (run_folder / name).is_file():
+            shutil.copyfile(source, run_folder / name)
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    """The per-epoch records of a fold folder's ``metrics.jsonl``."""
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -1,0 +1,50 @@
+"""Gamma (p=0.3 per sample; the inverted-image variant p=0.1): each channel rescaled to [0, 1], raised to a gamma
+from (0.7, 1.5) (half of the draws below 1), and scaled back.
+
+With ``retain_stats`` (the default, as in nnU-Net) the channel's mean and standard deviation are restored afterwards;
+without it the channel keeps its min and max. ``invert`` applies the curve to the negated image, which bends the
+bright end instead of the dark end.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from covtransfer.training.augment.sampling import balanced_factor, broadcastable, coin, selected
+
+
+class Gamma:
+    """``x -> ((x - min) / range) ** gamma * range + min`` per channel for a fraction ``p`` of samples."""
+
+    def __init__(self, p: float = 0.3, gamma_range: tuple[float, float] = (0.7, 1.5), invert: bool = False,
+                 retain_stats: bool = True) -> None:
+        self.p = p
+        self.gamma_range = gamma_range
+        self.invert = invert
+        self.retain_stats = retain_stats
+
+    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, channels = images.shape[:2]
+        apply = coin(generator, (batch,), self.p)
+        gammas = balanced_factor(generator, (batch, channels), *self.gamma_range)
+        if not apply.any():
+            return images, seg
+        index = selected(apply, images.device)
+        chosen = images.index_select(0, index)
+        if self.invert:
+            chosen = -chosen
+        flat = chosen.flatten(2)
+        mean, std = flat.mean(2)[..., None, None, None], flat.std(2)[..., None, None, None]
+        low = flat.amin(2)[..., None, None, None]
+        span = flat.amax(2)[..., None, None, None] - low + 1e-7
+        gamma = broadcastable(gammas[apply], chosen.dim(), images.dtype, images.device)
+        curved = ((chosen - low) / span).pow(gamma) * span + low
+        if self.retain_stats:
+            curved_flat = curved.flatten(2)
+            new_mean = curved_flat.mean(2)[..., None, None, None]
+            new_std = curved_flat.std(2)[..., None, None, None]
+            curved = (curved - new_mean) / (new_std + 1e-8) * std + mean
+        if self.invert:
+            curved = -curved
+        return images.index_copy(0, index, curved), seg

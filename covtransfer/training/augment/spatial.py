@@ -1,0 +1,151 @@
+"""Rotation and scaling with one affine resampling shared by image (trilinear) and label (nearest), then centre crop.
+
+Patches arrive at the larger *initial patch size* (:func:`initial_patch_size`) so that rotated or zoomed-out content
+still fills the final patch; samples drawn with neither rotation nor scaling are centre-cropped without resampling.
+Voxels sampled from outside the input become 0 in the image and -1 in the label (removed later by ``RemoveLabel``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from covtransfer.training.augment.sampling import coin, uniform
+
+
+def is_dummy_2d(patch_size: Sequence[int]) -> bool:
+    """nnU-Net's rule: a patch much thinner along z (``max / patch[0] > 3``) is augmented in-plane only."""
+    return max(patch_size) / patch_size[0] > 3
+
+
+def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
+    """(n, 3, 3) rotations in (z, y, x) voxel space from (n, 3) angles in radians about the z, y and x axes."""
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    n = angles.shape[0]
+    about_z = torch.zeros(n, 3, 3, dtype=angles.dtype)
+    about_z[:, 0, 0] = 1
+    about_z[:, 1, 1], about_z[:, 1, 2] = cos[:, 0], -sin[:, 0]
+    about_z[:, 2, 1], about_z[:, 2, 2] = sin[:, 0], cos[:, 0]
+    about_y = torch.zeros(n, 3, 3, dtype=angles.dtype)
+    about_y[:, 1, 1] = 1
+    about_y[:, 0, 0], about_y[:, 0, 2] = cos[:, 1], sin[:, 1]
+    about_y[:, 2, 0], about_y[:, 2, 2] = -sin[:, 1], cos[:, 1]
+    about_x = torch.zeros(n, 3, 3, dtype=angles.dtype)
+    about_x[:, 2, 2] = 1
+    about_x[:, 0, 0], about_x[:, 0, 1] = cos[:, 2], -sin[:, 2]
+    about_x[:, 1, 0], about_x[:, 1, 1] = sin[:, 2], cos[:, 2]
+    return about_z @ about_y @ about_x
+
+
+def _max_radians(rotation_degrees: float | Sequence[float], dummy_2d: bool) -> torch.Tensor:
+    """Per-axis maximum angle in radians; dummy 2D keeps only the in-plane angle (about z)."""
+    degrees = [float(rotation_degrees)] * 3 if isinstance(rotation_degrees, (int, float)) else list(rotation_degrees)
+    if len(degrees) != 3:
+        raise ValueError(f"rotation_degrees needs one value or three (z, y, x), got {rotation_degrees}")
+    if dummy_2d:
+        degrees = [degrees[0], 0.0, 0.0]
+    return torch.tensor([math.radians(abs(d)) for d in degrees], dtype=torch.float64)
+
+
+def _scale_axes(factors: torch.Tensor, dummy_2d: bool) -> torch.Tensor:
+    """(n, 3) per-axis zoom from (n,) factors: all axes, or y and x only for dummy 2D."""
+    per_axis = factors[:, None].repeat(1, 3)
+    if dummy_2d:
+        per_axis[:, 0] = 1.0
+    return per_axis
+
+
+def initial_patch_size(patch_size: Sequence[int], rotation_degrees: float | Sequence[float],
+                       scale_range: tuple[float, float], dummy_2d: bool = False) -> tuple[int, int, int]:
+    """Input patch size that holds the final patch under any allowed rotation and zoom down to ``min(scale_range)``.
+
+    The bounding box of the patch is maximised over a grid of angles within the range (capped at 90°, beyond which
+    boxes repeat), then divided by the smallest zoom factor; axes never shrink below the final patch size.
+    """
+    limits = _max_radians(rotation_degrees, dummy_2d).clamp(max=math.pi / 2)
+    axes = [torch.linspace(-limit, limit, 25, dtype=torch.float64) if limit > 0 else torch.zeros(1, dtype=torch.float64)
+            for limit in limits]
+    angles = torch.cartesian_prod(*axes).reshape(-1, 3)
+    extents = torch.tensor([float(p) for p in patch_size], dtype=torch.float64)
+    box = (rotation_matrices(angles).abs() @ extents).amax(0)
+    box = box / _scale_axes(torch.tensor([min(scale_range)], dtype=torch.float64), dummy_2d)[0]
+    return tuple(max(int(p), math.ceil(float(b) - 1e-6)) for p, b in zip(patch_size, box))
+
+
+def affine_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``F.affine_grid(theta, (n, 1, *size), align_corners=True)`` built as a sum of three broadcast axis terms.
+
+    The sampling positions are separable in the output axes, so only one full-size addition is needed; this is several
+    times faster than the batched matrix product of ``F.affine_grid`` on CPU. A unit axis sits at coordinate 0.
+    """
+    n = theta.shape[0]
+    axes = [torch.linspace(-1, 1, s, device=theta.device, dtype=theta.dtype) if s > 1
+            else torch.zeros(1, device=theta.device, dtype=theta.dtype) for s in size]
+    column = [theta[:, :, k].reshape(n, 1, 1, 1, 3) for k in range(4)]  # k = input x, y, z, translation
+    along_x = axes[2].reshape(1, 1, 1, -1, 1) * column[0]
+    along_y = axes[1].reshape(1, 1, -1, 1, 1) * column[1]
+    along_z = axes[0].reshape(1, -1, 1, 1, 1) * column[2] + column[3]
+    return (along_z + along_y) + along_x
+
+
+class SpatialTransform:
+    """Random rotation (p=0.2; ±30° about each axis, or in-plane only for dummy 2D) and isotropic zoom (p=0.2,
+    factor in (0.7, 1.4), > 1 magnifies), resampled once per sample, cropped to ``patch_size`` about the centre."""
+
+    def __init__(self, patch_size: Sequence[int], rotation_degrees: float | Sequence[float] = 30.0,
+                 p_rotation: float = 0.2, scale_range: tuple[float, float] = (0.7, 1.4), p_scale: float = 0.2,
+                 dummy_2d: bool = False) -> None:
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.max_radians = _max_radians(rotation_degrees, dummy_2d)
+        self.p_rotation = p_rotation
+        self.scale_range = scale_range
+        self.p_scale = p_scale
+        self.dummy_2d = dummy_2d
+
+    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, in_shape = images.shape[0], tuple(images.shape[2:])
+        if any(i < p for i, p in zip(in_shape, self.patch_size)):
+            raise ValueError(f"input patch {in_shape} is smaller than the final patch {self.patch_size}")
+        rotate = coin(generator, (batch,), self.p_rotation)
+        angles = uniform(generator, (batch, 3), -1.0, 1.0) * self.max_radians * rotate[:, None]
+        zoom = coin(generator, (batch,), self.p_scale)
+        factors = torch.where(zoom, uniform(generator, (batch,), *self.scale_range), torch.ones(batch, dtype=torch.float64))
+        starts = [(i - p) // 2 for i, p in zip(in_shape, self.patch_size)]
+        crop = (Ellipsis,) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch_size))
+        out_images, out_seg = images[crop], seg[crop]
+        resample = rotate | zoom
+        if not resample.any():
+            return out_images.contiguous(), out_seg.contiguous()
+        index = resample.nonzero().squeeze(1)
+        theta = self._theta(angles[index], factors[index], in_shape, starts).to(images.device, images.dtype)
+        grid = affine_grid(theta, self.patch_size)
+        device_index = index.to(images.device)
+        everyone = len(index) == batch
+        source_images = images if everyone else images.index_select(0, device_index)
+        source_seg = seg if everyone else seg.index_select(0, device_index)
+        moved = F.grid_sample(source_images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        shifted = source_seg.to(grid.dtype) + 1
+        labels = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+        labels = (labels.round() - 1).to(seg.dtype)
+        if everyone:
+            return moved, labels
+        return out_images.index_copy(0, device_index, moved), out_seg.index_copy(0, device_index, labels)
+
+    def _theta(self, angles: torch.Tensor, factors: torch.Tensor, in_shape: tuple[int, ...],
+               starts: list[int]) -> torch.Tensor:
+        """(n, 3, 4) ``affine_grid`` matrices (x, y, z order) mapping normalised output to normalised input positions.
+
+        In voxels, an output offset ``o`` from the output centre samples input ``c + R diag(1/s) o`` where ``c`` is the
+        centre of the centre crop, so unrotated unzoomed samples reproduce the crop exactly.
+        """
+        matrix = rotation_matrices(angles) / _scale_axes(factors, self.dummy_2d)[:, None, :]
+        half_out = torch.tensor([(p - 1) / 2 for p in self.patch_size], dtype=torch.float64)
+        half_in = torch.tensor([max((i - 1) / 2, 0.5) for i in in_shape], dtype=torch.float64)
+        centre = torch.tensor([s + (p - 1) / 2 for s, p in zip(starts, self.patch_size)], dtype=torch.float64)
+        linear = matrix * half_out[None, None, :] / half_in[None, :, None]
+        offset = (centre / half_in - 1).expand(len(angles), 3)
+        return torch.cat([linear.flip(1, 2), offset.flip(1)[:, :, None]], dim=2)

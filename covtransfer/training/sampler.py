@@ -1,0 +1,68 @@
+"""Random training patches with forced foreground oversampling, padded at the borders.
+
+Per batch, the last ``round(batch × oversample)`` samples are centred on a stored foreground voxel of a random
+class present in the case; the others are uniform boxes that may reach past the border by half the margin that
+augmentation crops away, so that the final patch sees the image edges as often as the centre. Outside the image,
+data is padded with 0 and labels with -1 (ignored, later set to background).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from covtransfer.training.case_store import CaseStore
+
+
+def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float) -> np.ndarray:
+    """The box ``start .. start + size`` of the spatial axes of ``array`` (c, z, y, x), ``fill`` outside it."""
+    out = np.full((array.shape[0], *size), fill, dtype=array.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for s, n, dim in zip(start, size, array.shape[1:]):
+        lo, hi = max(s, 0), min(s + n, dim)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class PatchSampler:
+    """Draws batches of ``(images, seg)`` patches of ``patch_size`` from the cases of a :class:`CaseStore`."""
+
+    def __init__(self, store: CaseStore, case_ids: list[str], patch_size: Sequence[int],
+                 final_patch_size: Sequence[int], batch_size: int, oversample_foreground: float = 0.33):
+        self.store = store
+        self.case_ids = list(case_ids)
+        self.patch_size = np.asarray(patch_size, dtype=np.int64)
+        self.margin = self.patch_size - np.asarray(final_patch_size, dtype=np.int64)
+        self.batch_size = batch_size
+        self.first_forced = int(round(batch_size * (1 - oversample_foreground)))
+
+    def _bounds(self, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shortfall = np.maximum(self.patch_size - shape, 0)
+        lower = -(self.margin // 2) - shortfall // 2
+        upper = shape - self.patch_size + self.margin // 2 + (shortfall + 1) // 2
+        return lower, np.maximum(upper, lower)
+
+    def _start(self, case_id: str, shape: np.ndarray, forced: bool, rng: np.random.Generator) -> np.ndarray:
+        lower, upper = self._bounds(shape)
+        locations = self.store.class_locations(case_id) if forced else {}
+        if locations:
+            label = list(locations)[rng.integers(len(locations))]
+            voxel = locations[label][rng.integers(len(locations[label]))]
+            return np.clip(voxel - self.patch_size // 2, lower, upper)
+        return np.array([rng.integers(lo, hi + 1) for lo, hi in zip(lower, upper)])
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One batch: images ``(B, C, *patch)`` float32 and seg ``(B, 1, *patch)`` int8."""
+        images, segs = [], []
+        for i in range(self.batch_size):
+            case_id = self.case_ids[rng.integers(len(self.case_ids))]
+            data, seg = self.store.arrays(case_id)
+            start = self._start(case_id, np.asarray(data.shape[1:]), i >= self.first_forced, rng)
+            images.append(crop_padded(data, start, self.patch_size, 0.0))
+            segs.append(crop_padded(seg, start, self.patch_size, -1))
+        return np.stack(images), np.stack(segs)

@@ -1,0 +1,350 @@
+"""The training loop shared by every strategy: SGD with poly decay, Dice + CE with deep supervision, on-device
+augmentation, online validation with a moving-average pseudo Dice, atomic checkpoints and exact resumption.
+
+A :class:`Strategy` decides what is loaded, frozen and scaled; the trainer never branches on the strategy's name.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from covtransfer.atomic import write_json
+from covtransfer.errors import CovtransferError
+from covtransfer.network.build import build_network, network_spec
+from covtransfer.plans import Plans
+from covtransfer.training import distributed
+from covtransfer.training.augment.deep_supervision import deep_supervision_scales, downsample_seg_for_ds
+from covtransfer.training.augment.pipeline import build_training_pipeline
+from covtransfer.training.batch_stream import BatchStream, batch_loader, seed_for
+from covtransfer.training.case_store import CaseStore
+from covtransfer.training.checkpoint import FORMAT, load_checkpoint, newest_checkpoint, save_checkpoint
+from covtransfer.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, tp_fp_fn
+from covtransfer.training.run_log import RunLog
+from covtransfer.training.sampler import PatchSampler
+from covtransfer.training.strategies import Strategy
+
+EMA_DECAY = 0.9
+
+
+@dataclass
+class TrainingSettings:
+    """Every knob of a run (nnU-Net defaults); recorded in the checkpoint."""
+
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    poly_exponent: float = 0.9
+    oversample_foreground: float = 0.33
+    save_every: int = 50
+    seed: int = 12345
+    device: str = "auto"
+    compile: bool = False
+    num_workers: int | None = None
+    source_weights: list[float] | None = None
+    final_validation: bool = True
+    validation_tta: bool = True
+
+
+@dataclass
+class TrainingTask:
+    """One dataset the run learns from: its head name, preprocessed data, plans and fold cases."""
+
+    name: str
+    preprocessed_folder: Path
+    plans: Plans
+    train_ids: list[str]
+    val_ids: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.plans.labels.values()) + 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CovtransferError("--device cuda: no CUDA device is available (use --device cpu)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise CovtransferError(f"--device {name!r}: use cpu, cuda or auto")
+    return torch.device(name)
+
+
+def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float) -> float:
+    """Polynomial decay: ``base_lr × (1 − epoch / epochs) ^ exponent``."""
+    return base_lr * (1 - epoch / epochs) ** exponent
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    ema: float | None = None
+    best_ema: float = -1.0
+
+
+class Trainer:
+    """Runs one fold of one strategy on one or more tasks and writes the fold folder."""
+
+    def __init__(self, tasks: list[TrainingTask], configuration_name: str, strategy: Strategy,
+                 output_folder: Path, settings: TrainingSettings, pretrained: dict | None = None,
+                 pretrained_source: str = ""):
+        if not tasks:
+            raise CovtransferError("nothing to train: no datasets given")
+        self.tasks = tasks
+        self.plans = tasks[0].plans
+        self.configuration_name = configuration_name
+        self.configuration = self.plans.configuration(configuration_name)
+        self.strategy = strategy
+        self.output_folder = Path(output_folder)
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.context = distributed.init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.context.local_rank)
+        torch.manual_seed(settings.seed)
+        heads = {task.name: task.num_classes for task in tasks}
+        self.spec = network_spec(self.configuration, self.plans.num_input_channels, heads, strategy.network_kind)
+        self.network = build_network(self.configuration, self.plans.num_input_channels, heads,
+                                     kind=strategy.network_kind, deep_supervision=True)
+        self.load_report = strategy.initialise(self.network, pretrained, pretrained_source)
+        groups = strategy.parameter_groups(self.network)
+        self.network.to(self.device)
+        self.optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True,
+                                         weight_decay=settings.weight_decay)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        n_outputs = self.configuration.n_stages - 1
+        self.loss = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(n_outputs))
+        self.ds_scales = deep_supervision_scales(self.configuration.strides)
+        self.model: nn.Module = self._wrap(self.network)
+        self.state = _State()
+        self.log = RunLog(self.output_folder) if self.context.is_main else None
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _wrap(self, network: nn.Module) -> nn.Module:
+        model = network
+        if self.context.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                        find_unused_parameters=len(self.tasks) > 1)
+        if self.settings.compile:
+            model = torch.compile(model)
+        return model
+
+    def _log(self, message: str) -> None:
+        if self.log is not None:
+            self.log.line(message)
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def checkpoint(self) -> dict:
+        """Everything needed to predict with this model and to resume this run exactly."""
+        return {
+            "format": FORMAT, "version": 1,
+            "network": self.spec, "state_dict": unwrap(self.model).state_dict(),
+            "plans": self.plans.to_dict(), "configuration_name": self.configuration_name,
+            "dataset_name": self.tasks[0].name, "tasks": [t.name for t in self.tasks],
+            "labels": dict(self.plans.labels), "predict_head": self.tasks[0].name,
+            "label_names": {t.name: dict(t.plans.labels) for t in self.tasks},
+            "mirror_axes": [0, 1, 2], "strategy": self.strategy.describe(),
+            "settings": asdict(self.settings),
+            "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
+            "epoch": self.state.epoch, "history": self.state.history,
+            "ema": self.state.ema, "best_ema": self.state.best_ema,
+            "rng": {"torch": torch.get_rng_state(), "seed": self.settings.seed},
+        }
+
+    def _save(self, name: str) -> None:
+        if self.context.is_main:
+            save_checkpoint(self.output_folder / name, self.checkpoint())
+        distributed.barrier(self.context)
+
+    def resume(self) -> None:
+        """Restore the newest checkpoint of the fold folder (optimizer, scaler, epoch, RNG, history)."""
+        path = newest_checkpoint(self.output_folder) if self.output_folder.is_dir() else None
+        if path is None:
+            raise CovtransferError(f"{self.output_folder}: nothing to continue (no checkpoint); "
+                                   "start the run without --continue")
+        checkpoint = load_checkpoint(path)
+        if checkpoint["network"] != self.spec:
+            raise CovtransferError(f"{path}: was trained with another network or plans; cannot continue it here")
+        unwrap(self.model).load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["grad_scaler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        self.state = _State(int(checkpoint["epoch"]), list(checkpoint["history"]), checkpoint["ema"],
+                            float(checkpoint["best_ema"]))
+        if self.log is not None:
+            self.log.write_history(self.state.history)
+        self._log(f"resumed from {path.name} after epoch {self.state.epoch}")
+
+    # ----------------------------------------------------------------------------------------- data
+    def _streams(self) -> tuple[BatchStream, BatchStream]:
+        final = self.configuration.patch_size
+        self.augment = build_training_pipeline(final, mirror_axes=(0, 1, 2))
+        initial = self.augment.initial_patch_size
+        batch = max(1, self.configuration.batch_size // self.context.world_size)
+        train, val = [], []
+        for task in self.tasks:
+            folder = task.preprocessed_folder / self.configuration.data_identifier
+            store = CaseStore(folder, sorted(set(task.train_ids) | set(task.val_ids)))
+            train.append(PatchSampler(store, task.train_ids, initial, final, batch,
+                                      self.settings.oversample_foreground))
+            val.append(PatchSampler(store, task.val_ids, final, final, batch, self.settings.oversample_foreground))
+        weights = self.settings.source_weights or [1.0] * len(self.tasks)
+        if len(weights) != len(self.tasks):
+            raise CovtransferError(f"--source-weights has {len(weights)} values for {len(self.tasks)} datasets")
+        seed, rank = self.settings.seed, self.context.rank
+        return BatchStream(train, weights, seed, 0, rank), BatchStream(val, weights, seed, 1, rank)
+
+    def _num_workers(self) -> int:
+        if self.settings.num_workers is not None:
+            return self.settings.num_workers
+        return min(8, max(1, (torch.get_num_threads() or 1) // 2)) if self.device.type == "cuda" else 0
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, str]:
+        images = batch["images"].to(self.device, non_blocking=True)
+        seg = batch["seg"].to(self.device, non_blocking=True).long()
+        return images, seg, self.tasks[int(batch["source"])].name
+
+    def _generator(self, stream: int, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed_for(self.settings.seed, stream, index, self.context.rank, 2))
+
+    # ----------------------------------------------------------------------------------------- steps
+    def train_step(self, images: torch.Tensor, seg: torch.Tensor, task: str) -> float:
+        """One optimiser step on an augmented batch; returns the loss."""
+        targets = downsample_seg_for_ds(seg, self.ds_scales)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = self.model(images, task=task)
+            loss = self.loss(outputs, targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validation_step(self, images: torch.Tensor, seg: torch.Tensor, task: str) -> tuple[float, torch.Tensor]:
+        """Loss and per-class TP/FP/FN (foreground classes) of one validation batch."""
+        targets = downsample_seg_for_ds(seg, self.ds_scales)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = self.model(images, task=task)
+            loss = self.loss(outputs, targets)
+        return float(loss), torch.stack(tp_fp_fn(outputs[0].float(), targets[0]))
+
+    # ----------------------------------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        """Train from the current state to ``settings.epochs``; return the last epoch's record."""
+        s = self.settings
+        if self.context.is_main:
+            self.output_folder.mkdir(parents=True, exist_ok=True)
+            if self.load_report is not None and self.state.epoch == 0:
+                write_json(self.output_folder / "load_report.json", self.load_report.to_dict())
+                self._log(self.load_report.summary())
+        train_stream, val_stream = self._streams()
+        workers, pin = self._num_workers(), self.device.type == "cuda"
+        train_batches = iter(batch_loader(train_stream, self.state.epoch * s.iters_per_epoch,
+                                          s.epochs * s.iters_per_epoch, workers, pin))
+        val_batches = iter(batch_loader(val_stream, self.state.epoch * s.val_iters, s.epochs * s.val_iters,
+                                        workers, pin)) if s.val_iters > 0 else None
+        self._log(f"training {self.strategy.name} on {', '.join(t.name for t in self.tasks)}: "
+                  f"epochs {self.state.epoch}..{s.epochs - 1}, {s.iters_per_epoch} iterations each, "
+                  f"patch {self.configuration.patch_size}, batch {self.configuration.batch_size}, "
+                  f"device {self.device}, {self.context.world_size} process(es)")
+        while self.state.epoch < s.epochs:
+            self._run_epoch(train_batches, val_batches)
+        self._save("checkpoint_final.pt")
+        if self.context.is_main:
+            (self.output_folder / "checkpoint_latest.pt").unlink(missing_ok=True)
+        return self.state.history[-1] if self.state.history else {}
+
+    def _run_epoch(self, train_batches, val_batches) -> None:
+        s, epoch = self.settings, self.state.epoch
+        start = time.perf_counter()
+        lr = poly_lr(s.lr, epoch, s.epochs, s.poly_exponent)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        self.model.train()
+        losses = []
+        for _ in range(s.iters_per_epoch):
+            batch = next(train_batches)
+            images, seg, task = self._to_device(batch)
+            images, seg = self.augment(images, seg, self._generator(0, int(batch["index"])))
+            try:
+                losses.append(self.train_step(images, seg, task))
+            except FloatingPointError:
+                raise CovtransferError(
+                    f"{self.output_folder}: the loss became NaN/Inf in epoch {epoch}; training stopped, the last "
+                    "good checkpoint is kept (try a lower learning rate or check the data)") from None
+        val_loss, val_dice = self._validate(val_batches)
+        ema = val_dice if self.state.ema is None else EMA_DECAY * self.state.ema + (1 - EMA_DECAY) * val_dice
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
+                  "val_loss": val_loss, "val_dice": val_dice, "ema_dice": ema, "lr": lr,
+                  "epoch_time": time.perf_counter() - start}
+        self.state.epoch, self.state.ema = epoch + 1, ema
+        self.state.history.append(record)
+        self._log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                  f"pseudo Dice {val_dice:.4f} (EMA {ema:.4f}), lr {lr:.2e}, {record['epoch_time']:.1f} s")
+        if self.log is not None:
+            self.log.write_history(self.state.history)
+            self.log.plot(self.state.history)
+        if ema > self.state.best_ema:
+            self.state.best_ema = ema
+            self._save("checkpoint_best.pt")
+        if (epoch + 1) % s.save_every == 0 and epoch + 1 < s.epochs:
+            self._save("checkpoint_latest.pt")
+
+    def _validate(self, val_batches) -> tuple[float, float]:
+        """Mean loss and the pseudo Dice (global TP/FP/FN per class, averaged over classes and tasks)."""
+        if val_batches is None:
+            return math.nan, math.nan
+        self.model.eval()
+        counts: dict[str, torch.Tensor] = {}
+        losses = []
+        for _ in range(self.settings.val_iters):
+            batch = next(val_batches)
+            images, seg, task = self._to_device(batch)
+            seg = torch.clamp(seg, min=0)
+            loss, stats = self.validation_step(images, seg, task)
+            losses.append(loss)
+            counts[task] = counts[task] + stats if task in counts else stats
+        dices = []
+        for task in self.tasks:
+            stats = counts.get(task.name, torch.zeros(3, task.num_classes - 1, device=self.device)).double()
+            stats = distributed.all_reduce_sum(stats, self.context)
+            tp, fp, fn = stats
+            valid = (tp + fp + fn) > 0
+            if valid.any():
+                dices.append(float((2 * tp[valid] / (2 * tp[valid] + fp[valid] + fn[valid])).mean()))
+        return float(np.mean(losses)), float(np.mean(dices)) if dices else math.nan
+
+    def close(self) -> None:
+        """Leave the distributed process group, if any."""
+        distributed.shutdown(self.context)
