@@ -4,8 +4,12 @@ from setuptools import find_packages, setup
 
 COMMANDS = {
     # command name: module under covtransfer.cli (each module exposes main(argv) and entry())
+    "covtransfer_make_synthetic": "make_synthetic",
     "covtransfer_convert": "convert",
     "covtransfer_verify": "verify",
+    "covtransfer_evaluate": "evaluate",
+    "covtransfer_determine_postprocessing": "determine_postprocessing",
+    "covtransfer_train": "train",
 }
 
 setup(

@@ -1,7 +1,7 @@
 """Time the training augmentation pipeline on a batch of 2 patches (default 56 x 160 x 192, one channel).
 
-Reports the mean and spread of seconds per batch with nnU-Net's probabilities, and the worst case with every
-transform forced on. Usage: ``python benchmarks/augment.py [--device cuda] [--patch 56 160 192] [--iterations 20]``.
+Reports milliseconds per batch with nnU-Net's probabilities and with every transform forced on, and the mean time
+of each transform. Usage: ``python benchmarks/augment.py [--device cuda] [--patch 56 160 192] [--iterations 20]``.
 """
 
 from __future__ import annotations
@@ -27,24 +27,34 @@ def force_all(pipeline) -> None:
                 setattr(transform, name, 1.0)
 
 
-def time_pipeline(pipeline, device: torch.device, batch: int, channels: int, iterations: int) -> list[float]:
-    """Seconds per call over ``iterations`` calls (after one warm-up), fresh random inputs each time."""
+def time_pipeline(pipeline, device: torch.device, batch: int, channels: int,
+                  iterations: int) -> tuple[list[float], list[float]]:
+    """Seconds per call over ``iterations`` calls after one warm-up, and the mean seconds spent in each transform."""
     shape = (batch, channels) + pipeline.initial_patch_size
     images = torch.randn(shape, device=device)
     seg = torch.randint(-1, 3, (batch, 1) + pipeline.initial_patch_size, device=device, dtype=torch.int8)
     generator = torch.Generator().manual_seed(0)
     pipeline(images, seg, generator)
-    times = []
+    times, per_transform = [], [0.0] * len(pipeline.transforms)
     for _ in range(iterations):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out_images, out_seg = pipeline(images, seg, generator)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        out_images, out_seg = images, seg
+        batch_time = 0.0
+        for position, transform in enumerate(pipeline.transforms):
+            start = now(device)
+            out_images, out_seg = transform(out_images, out_seg, generator)
+            elapsed = now(device) - start
+            per_transform[position] += elapsed
+            batch_time += elapsed
+        times.append(batch_time)
     assert tuple(out_images.shape[2:]) == pipeline.patch_size and tuple(out_seg.shape[2:]) == pipeline.patch_size
-    return times
+    return times, [t / iterations for t in per_transform]
+
+
+def now(device: torch.device) -> float:
+    """Wall-clock seconds once the device has finished the queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def main() -> None:
@@ -65,9 +75,12 @@ def main() -> None:
     for label, forced in (("default probabilities", False), ("every transform on", True)):
         if forced:
             force_all(pipeline)
-        times = time_pipeline(pipeline, device, args.batch, args.channels, args.iterations)
-        print(f"{label:>22}: mean {statistics.mean(times) * 1000:7.1f} ms, median {statistics.median(times) * 1000:7.1f}"
-              f" ms, max {max(times) * 1000:7.1f} ms per batch ({len(times)} batches)")
+        times, shares = time_pipeline(pipeline, device, args.batch, args.channels, args.iterations)
+        mean, median, worst = (1000 * v for v in (statistics.mean(times), statistics.median(times), max(times)))
+        print(f"{label:>22}: mean {mean:7.1f} ms, median {median:7.1f} ms, max {worst:7.1f} ms per batch"
+              f" ({len(times)} batches)")
+        print("    ms: " + ", ".join(f"{type(t).__name__} {1000 * share:.1f}"
+                                  for t, share in zip(pipeline.transforms, shares)))
 
 
 if __name__ == "__main__":

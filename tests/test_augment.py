@@ -244,7 +244,18 @@ def test_remove_label_sets_minus_one_to_zero():
     assert seg.min() == -1  # input untouched
 
 
-def test_pipeline_shapes_labels_and_alignment():
+def test_spatial_then_mirror_keeps_alignment():
+    seg = blobs(seed=5)
+    images = seg.float()
+    spatial, mirror = SpatialTransform((16, 28, 30), p_rotation=1, p_scale=1), Mirror()
+    for seed in range(3):
+        rng = generator(seed)
+        out_images, out_seg = mirror(*spatial(images, seg, rng), rng)
+        interior = out_seg >= 0
+        assert ((out_images > 0.5).long() == out_seg)[interior].float().mean() >= 0.98
+
+
+def test_pipeline_shapes_and_labels():
     patch = (16, 28, 30)
     pipeline = build_training_pipeline(patch)
     assert pipeline.initial_patch_size == initial_patch_size(patch, 30, (0.85, 1.25))

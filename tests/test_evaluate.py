@@ -130,6 +130,11 @@ def test_bad_arguments_are_user_errors(folders, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CovtransferError, match="no reference images"):
         evaluate_folders(tmp_path / "empty", pred)
+    for name in ("good", "missed"):
+        write_image(ref / f"{name}.nii.gz", np.zeros(SHAPE, np.uint8), GEOMETRY)
+    with pytest.raises(CovtransferError, match="no foreground label"):
+        evaluate_folders(ref, pred)
+    assert evaluate_folders(ref, pred, labels=[1])["empty_reference"] == {"1": 2}
 
 
 def test_summarise_accepts_rows_read_back_from_json():

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from covtransfer.evaluation import metrics as m
 from covtransfer.evaluation.surface import (neighbourhood_codes, surface_area, surface_distances,
-                                            surfel_area_table)
+                                            surface_elements, surfel_area_table)
 
 SPACING = (3.0, 1.0, 0.5)  # z, y, x in mm
 
@@ -124,6 +124,7 @@ def test_distances_equal_a_distance_transform_of_the_other_border():
     for mask in (ref, pred):
         codes = neighbourhood_codes(mask)  # uncropped block grid
         borders.append((codes != 0) & (codes != 255))
+        np.testing.assert_array_equal(surface_elements(codes), borders[-1])
     expected_to_pred = ndimage.distance_transform_edt(~borders[1], sampling=SPACING)[borders[0]]
     expected_to_ref = ndimage.distance_transform_edt(~borders[0], sampling=SPACING)[borders[1]]
     np.testing.assert_allclose(sd.distances_ref_to_pred, expected_to_pred, atol=1e-9)

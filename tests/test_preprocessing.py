@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from covtransfer.cli.common import run_cli
 from covtransfer.cli.plan_and_preprocess import main as plan_and_preprocess_main
 from covtransfer.data.image_io import Geometry, write_image
 from covtransfer.errors import CovtransferError
+from covtransfer.planning.fingerprint import compute_fingerprint
 from covtransfer.plans import ChannelNormalization, Configuration, Plans, ResamplingSettings
 from covtransfer.preprocessing.normalization import normalize
 from covtransfer.preprocessing.preprocessor import CasePreprocessor, sample_class_locations
@@ -142,6 +144,24 @@ def test_anisotropic_spacing_interpolates_the_coarse_axis_with_nearest_and_the_p
     assert np.abs(isotropic - out).max() > 0.1  # with the rule off the z-axis is cubic
 
 
+def one_hot_reference(seg, new_shape):
+    """nnU-Net's rule in float64: every label's mask resized linearly, thresholded at 0.5, later labels win."""
+    reference, values = np.zeros(new_shape, np.int8), {}
+    for label in np.unique(seg):
+        values[label] = ndimage.zoom((seg == label).astype(float), np.divide(new_shape, seg.shape), order=1,
+                                     mode="nearest", grid_mode=True)
+        reference[values[label] >= 0.5] = label
+    return reference, values
+
+
+def assert_matches_one_hot_reference(out, seg):
+    reference, values = one_hot_reference(seg, out.shape)
+    differ = np.argwhere(out != reference)
+    assert len(differ) < 0.01 * out.size
+    for index in map(tuple, differ):  # only exact ties, which go to the later label
+        assert abs(values[out[index]][index] - 0.5) < 1e-6
+
+
 def test_label_resampling_keeps_shape_and_labels_and_matches_one_hot_linear():
     rng = np.random.default_rng(0)
     seg = ndimage.zoom(rng.integers(-1, 3, (6, 7, 8)).astype(np.int8), 3, order=0)
@@ -149,15 +169,21 @@ def test_label_resampling_keeps_shape_and_labels_and_matches_one_hot_linear():
     out = resample_labels(seg, (1, 1, 1), (1, 1, 1), new_shape)
     assert out.shape == new_shape and out.dtype == np.int8
     assert set(np.unique(out)) == set(np.unique(seg))
-    reference, values = np.zeros(new_shape, np.int8), {}
-    for label in np.unique(seg):
-        values[label] = ndimage.zoom((seg == label).astype(float), np.divide(new_shape, seg.shape), order=1,
-                                     mode="nearest", grid_mode=True)
-        reference[values[label] >= 0.5] = label
-    differ = np.argwhere(out != reference)
-    assert len(differ) < 0.01 * out.size
-    for index in map(tuple, differ):  # only exact ties, which go to the later label
-        assert abs(values[out[index]][index] - 0.5) < 1e-6
+    assert_matches_one_hot_reference(out, seg)
+
+
+def test_label_resampling_of_scattered_voxels_matches_the_whole_volume_rule():
+    rng = np.random.default_rng(1)
+    seg = np.zeros((30, 24, 26), np.int8)
+    for z in (0, 1, 14, 28, 29):  # isolated slabs, as -1 voxels on the first and last CT slices
+        seg[z][rng.random((24, 26)) < 0.2] = -1
+    seg[5:12, 6:15, 4:20] = 1
+    seg[13:16, 2:5, 3:6] = 2
+    for new_shape in [(20, 31, 17), (45, 18, 26)]:
+        out = resample_labels(seg, (1, 1, 1), (1, 1, 1), new_shape)
+        assert_matches_one_hot_reference(out, seg)
+    anisotropic = resample_labels(seg, (4, 1, 1), (2, 1, 1), (60, 24, 26))
+    np.testing.assert_array_equal(anisotropic, seg[np.arange(60) // 2])  # nearest along z, nothing else to do
 
 
 def test_downsample_then_upsample_of_smooth_image_returns_close_to_original():
@@ -273,7 +299,8 @@ def test_dataset_runner_writes_every_case_and_resumes(tmp_path):
     written = preprocess_dataset(raw, out, plans, ["3d_fullres"], num_processes=1)
     assert written == ["test_000", "test_001", "test_002"]
     folder = out / "3d_fullres"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"test_00{i}.{e}" for i in range(3) for e in ("json", "npz"))
+    expected = sorted(f"test_00{i}.{ending}" for i in range(3) for ending in ("json", "npz"))
+    assert sorted(p.name for p in folder.iterdir()) == expected
     assert sorted(p.name for p in (out / "gt_segmentations").iterdir()) == [f"test_00{i}.nii.gz" for i in range(3)]
     assert (out / "dataset.json").read_text() == (raw / "dataset.json").read_text()
     assert (out / "splits.json").read_text() == (raw / "splits.json").read_text()
@@ -299,6 +326,13 @@ def test_worker_errors_name_the_case_file_in_parallel_runs(tmp_path):
 
 
 # ---------------------------------------------------------------- command line
+
+@pytest.fixture(autouse=True)
+def small_fingerprint_budget(monkeypatch):
+    """nnU-Net's 1e8 pooled foreground samples take seconds even for tiny data; 1e5 gives the same statistics here."""
+    monkeypatch.setattr("covtransfer.preprocessing.pipeline.compute_fingerprint",
+                        functools.partial(compute_fingerprint, voxel_budget=10 ** 5))
+
 
 def roots_args(tmp_path):
     return ["--raw", str(tmp_path / "raw"), "--preprocessed", str(tmp_path / "pre")]
@@ -339,3 +373,23 @@ def test_cli_plans_from_shares_the_target_plans_and_refuses_bad_targets(tmp_path
     with pytest.raises(CovtransferError, match="channel"):
         plan_and_preprocess_main(["-d", "3", "--plans-from", "1", *args])
     assert not (tmp_path / "pre" / "Dataset003_TwoChannels").exists()
+
+
+def test_cli_plans_a_listed_target_first_and_redoes_cases_when_the_plans_change(tmp_path, capsys):
+    write_raw_dataset(tmp_path / "raw", 1, "Target", n_cases=2)
+    write_raw_dataset(tmp_path / "raw", 2, "Source", n_cases=2, spacing=(1.5, 0.8, 0.8))
+    args = ["-np", "1", "--preset", "cpu", *roots_args(tmp_path)]
+    assert plan_and_preprocess_main(["-d", "2", "1", "--plans-from", "1", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Dataset001_Target: ") and lines[2].startswith("Dataset002_Source (plans from "
+                                                                              "Dataset001_Target)")
+    source = tmp_path / "pre" / "Dataset002_Source"
+    case = source / "3d_fullres" / "source_000.npz"
+    stamp = case.stat().st_mtime_ns
+    assert plan_and_preprocess_main(["-d", "2", "--plans-from", "1", *args]) == 0
+    assert case.stat().st_mtime_ns == stamp  # same plans: finished cases are kept
+    plans = Plans.load(source / "plans.json")
+    plans.configurations["3d_fullres"].spacing = [3.0, 2.0, 2.0]
+    plans.save(source / "plans.json")  # the next run's plans differ from what made the stored cases
+    assert plan_and_preprocess_main(["-d", "2", "--plans-from", "1", *args]) == 0
+    assert case.stat().st_mtime_ns != stamp

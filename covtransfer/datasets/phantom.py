@@ -27,8 +27,8 @@ AIR_HU = -1000.0
 class SizeSpec:
     """Ranges one case's grid is drawn from.
 
-    The slice spacing is ``coverage_mm / slices`` clipped to ``slice_spacing``; ``render_spacing`` (mm, 0 = output
-    grid) is the finest spacing smooth structures are drawn at before linear upsampling.
+    The slice spacing is ``coverage_mm / slices`` clipped to ``slice_spacing``; ``render_spacing`` (mm per axis, 0 =
+    output grid) is about the spacing smooth structures are drawn at before linear upsampling.
     """
 
     slices: tuple[int, int]
@@ -37,7 +37,7 @@ class SizeSpec:
     inplane_spacing: tuple[float, float]
     slice_spacing: tuple[float, float]
     coverage_mm: tuple[float, float]
-    render_spacing: float = 0.0
+    render_spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)
     min_lesion_voxels: int = 20
 
 
@@ -45,7 +45,7 @@ SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec((24, 32), (48, 60), (52, 64), (4.6, 6.0), (5.0, 7.0), (140.0, 200.0)),
     "small": SizeSpec((40, 56), (96, 120), (104, 128), (2.5, 3.2), (3.5, 5.0), (170.0, 250.0)),
     "clinical": SizeSpec((150, 260), (512, 512), (512, 512), (0.6, 0.8), (1.0, 2.5), (260.0, 340.0),
-                         render_spacing=1.5),
+                         render_spacing=(2.2, 1.4, 1.4)),
 }
 
 
@@ -176,6 +176,15 @@ def _draw_tube(grid: _Grid, target: np.ndarray, p0, p1, radius: float) -> None:
         np.maximum(target[box], weight, out=target[box])
 
 
+def _ellipsoid(grid: _Grid, center, radii, margin: float):
+    """The box ``margin`` radii around an axis-aligned ellipsoid and its level there (<= 1 inside), or None."""
+    center, radii = np.asarray(center, dtype=float), np.asarray(radii, dtype=float)
+    box = grid.box(center - margin * radii, center + margin * radii)
+    if box is None:
+        return None
+    return box, sum(((c - m) / r) ** 2 for c, m, r in zip(grid.coords(box), center, radii))
+
+
 @dataclass
 class _Lung:
     """One lung: its ellipse in the axial plane, its height, and its mask within ``box``."""
@@ -214,159 +223,237 @@ class _Scene:
         return voxels * max(max(self.out_spacing), max(self.grid.spacing))
 
 
-def _superellipse(x, y, cx, cy, ax, ay, p: float):
-    return np.abs((x - cx) / ax) ** p + np.abs((y - cy) / ay) ** p
+@dataclass
+class _Torso:
+    """The patient's axial outline (mm): a superellipse body, its fat layer, and the thoracic cavity inside the
+    chest wall; ``scale`` (per slice) tapers the outline slightly along z."""
+
+    cx: float
+    cy: float
+    radii: tuple[float, float]  # body (y, x)
+    exponent: float
+    fat: float
+    cavity_cy: float
+    cavity_radii: tuple[float, float]  # (y, x)
+    cavity_exponent: float
+    scale: np.ndarray
+
+    def level(self, y, x, shrink: float = 0.0) -> np.ndarray:
+        """Superellipse level of the body outline moved inwards by ``shrink`` mm (<= 1 inside)."""
+        ry, rx = (r - shrink for r in self.radii)
+        return np.abs((x - self.cx) / (rx * self.scale)) ** self.exponent + \
+            np.abs((y - self.cy) / (ry * self.scale)) ** self.exponent
+
+    def cavity_level(self, y, x) -> np.ndarray:
+        ry, rx = self.cavity_radii
+        return np.abs((x - self.cx) / (rx * self.scale)) ** self.cavity_exponent + \
+            np.abs((y - self.cavity_cy) / (ry * self.scale)) ** self.cavity_exponent
 
 
-def _draw_anatomy(grid: _Grid, out_spacing, rng: np.random.Generator) -> _Scene:
-    """Draw body, chest wall, mediastinum, bones and lungs with vessels; the lesion-free scene."""
+def _draw_torso(grid: _Grid, hu: np.ndarray, rng: np.random.Generator):
+    """Table, subcutaneous fat, muscle and (fat-filled) thoracic cavity; returns the torso and its masks."""
     z, y, x = grid.coords()
     length, fov_y, fov_x = grid.extent
-    f32 = np.float32
-    hu = np.full(grid.shape, AIR_HU, dtype=f32)
-
     ax = _u(rng, 0.37, 0.44) * fov_x
     ay = min(ax * _u(rng, 0.62, 0.76), 0.44 * fov_y)
     cx, cy = _u(rng, -0.04, 0.04) * fov_x, _u(rng, -0.03, 0.04) * fov_y
     p = _u(rng, 2.0, 2.8)
-    scale = (1 + _u(rng, -0.06, 0.06) * z / length).astype(f32)
     fat, wall = _u(rng, 0.04, 0.09) * ax, _u(rng, 0.09, 0.12) * ax
-    axc, ayc = ax - fat - wall, ay - fat - 1.2 * wall
-    cyc = cy - 0.05 * ay
-    pc = 2.0 + 0.5 * (p - 2.0)
-
+    torso = _Torso(cx, cy, (ay, ax), p, fat, cy - 0.05 * ay, (ay - fat - 1.2 * wall, ax - fat - wall),
+                   2.0 + 0.5 * (p - 2.0), (1 + _u(rng, -0.06, 0.06) * z / length).astype(np.float32))
     table_top = cy + ay * 1.07 + 3.0
-    table = (y >= table_top) & (y <= table_top + 0.025 * fov_y) & (np.abs(x - cx) < 0.42 * fov_x)
-    hu[np.broadcast_to(table, grid.shape)] = _u(rng, -350, -150)
-    body = _superellipse(x, y, cx, cy, ax * scale, ay * scale, p) <= 1
-    inner = _superellipse(x, y, cx, cy, (ax - fat) * scale, (ay - fat) * scale, p) <= 1
-    cavity_level = _superellipse(x, y, cx, cyc, axc * scale, ayc * scale, pc)
-    cavity = cavity_level <= 1
-    hu[body] = _u(rng, -110, -85)
+    table = (y[0] >= table_top) & (y[0] <= table_top + 0.025 * fov_y) & (np.abs(x[0] - cx) < 0.42 * fov_x)
+    hu[:, table] = _u(rng, -350, -150)
+    cavity_level = torso.cavity_level(y, x)
+    inner, cavity = torso.level(y, x, shrink=fat) <= 1, cavity_level <= 1
+    hu[torso.level(y, x) <= 1] = _u(rng, -110, -85)
     hu[inner] = _u(rng, 35, 55)
     hu[cavity] = _u(rng, -100, -70)
+    return torso, inner, cavity, cavity_level
 
-    # Lung geometry first: the diaphragm domes, heart and great vessels are placed relative to it.
-    lung_params = []
+
+def _lung_layout(grid: _Grid, torso: _Torso, rng: np.random.Generator) -> list[dict]:
+    """Per lung (right, left): ellipse centre and radii, base and apex heights, dome, posterior recess, apex
+    rounding and the gap left for the mediastinum."""
+    length = grid.extent[0]
+    (ayc, axc), layout = torso.cavity_radii, []
     for side in (-1, 1):
         z_base = -length / 2 + _u(rng, 0.05, 0.14) * length + (_u(rng, 0.01, 0.04) * length if side < 0 else 0.0)
         z_apex = length / 2 - _u(rng, 0.02, 0.08) * length
         height = z_apex - z_base
-        lung_params.append(dict(
-            side=side, center=(cyc + _u(rng, -0.04, 0.06) * ayc, cx + side * _u(rng, 0.42, 0.5) * axc),
+        layout.append(dict(
+            side=side,
+            center=(torso.cavity_cy + _u(rng, -0.04, 0.06) * ayc, torso.cx + side * _u(rng, 0.42, 0.5) * axc),
             radii=(_u(rng, 0.9, 1.05) * ayc, _u(rng, 0.5, 0.6) * axc), z_base=z_base, z_apex=z_apex,
             dome=_u(rng, 0.12, 0.22) * height, tilt=_u(rng, 0.03, 0.07) * height,
             apex=_u(rng, 0.15, 0.25) * height, gap=_u(rng, 0.08, 0.14) * axc))
-    height = float(np.mean([lp["z_apex"] - lp["z_base"] for lp in lung_params]))
-    z_low = min(lp["z_base"] for lp in lung_params)
-    domes = [lp["z_base"] + lp["dome"] for lp in lung_params]
-    abdomen = cavity & (z < np.where(x < cx, domes[0], domes[1]))
-    hu[abdomen & (x < cx)] = _u(rng, 50, 65)
-    hu[abdomen & (x >= cx)] = _u(rng, 35, 50)
+    return layout
 
-    solid = np.zeros(grid.shape, dtype=bool)
-    # Spine: vertebral body, canal, neural arch and spinous process, with discs every level.
-    rv = _u(rng, 0.13, 0.16) * axc
-    yv = cyc + ayc - 0.55 * rv
-    r_canal = 0.45 * rv
-    y_canal = yv + rv + 0.5 * rv
-    body2d = np.hypot(x[0] - cx, y[0] - yv)
-    canal2d = np.hypot(x[0] - cx, y[0] - y_canal)
-    vertebra = body2d <= rv
-    cortex = vertebra & (body2d > rv - max(0.15 * rv, 0.6 * grid.spacing[2]))
-    arch = ((canal2d > r_canal) & (canal2d <= r_canal + 0.3 * rv)) | \
-        ((np.abs(x[0] - cx) < 0.15 * rv) & (y[0] > y_canal) & (y[0] < y_canal + r_canal + 0.9 * rv))
-    period = max(_u(rng, 24, 32), 3.5 * grid.spacing[0])
-    phase = _u(rng, 0, period)
-    disc = (((z - phase) / period) % 1.0) < 0.2
-    cancellous, cortical = _u(rng, 380, 460), _u(rng, 700, 950)
-    spine_region = (vertebra | arch | (canal2d <= r_canal)) & inner
-    solid |= spine_region & cavity
 
-    # Heart with epicardial fat, resting on the left dome.
-    heart_r = np.array([_u(rng, 0.2, 0.26) * height, _u(rng, 0.4, 0.5) * ayc, _u(rng, 0.36, 0.45) * axc])
-    heart_c = np.array([max(domes) + 0.75 * heart_r[0], cyc - _u(rng, 0.15, 0.3) * ayc, cx + _u(rng, 0.1, 0.2) * axc])
-    hbox = grid.box(heart_c - 1.2 * heart_r, heart_c + 1.2 * heart_r)
-    if hbox is not None:
-        hz, hy, hx = grid.coords(hbox)
-        level = ((hz - heart_c[0]) / heart_r[0]) ** 2 + ((hy - heart_c[1]) / heart_r[1]) ** 2 + \
-            ((hx - heart_c[2]) / heart_r[2]) ** 2
-        in_cavity = cavity[hbox]
-        hu[hbox][(level <= 1.15 ** 2) & in_cavity] = _u(rng, -100, -80)
-        hu[hbox][(level <= 1) & in_cavity] = _u(rng, 30, 45)
-        solid[hbox] |= (level <= 1.15 ** 2) & in_cavity
+@dataclass
+class _Spine:
+    """A vertebral column in the posterior midline: body (cortex, cancellous bone, discs), canal, arch, process."""
 
-    # Tubes: aorta (ascending, arch, descending), oesophagus, trachea and main bronchi.
+    body: np.ndarray  # 2-D masks (y, x)
+    cortex: np.ndarray
+    canal: np.ndarray
+    arch: np.ndarray
+    disc: np.ndarray  # per slice (z, 1, 1)
+    hu: dict
+    center_y: float
+    radius: float
+
+    @classmethod
+    def draw(cls, grid: _Grid, torso: _Torso, period: float, rng: np.random.Generator) -> "_Spine":
+        z, y, x = grid.coords()
+        y, x = y[0], x[0]
+        rv = _u(rng, 0.13, 0.16) * torso.cavity_radii[1]
+        yv = torso.cavity_cy + torso.cavity_radii[0] - 0.55 * rv
+        r_canal, y_canal = 0.45 * rv, yv + 1.5 * rv
+        to_body, to_canal = np.hypot(x - torso.cx, y - yv), np.hypot(x - torso.cx, y - y_canal)
+        body = to_body <= rv
+        arch = ((to_canal > r_canal) & (to_canal <= r_canal + 0.3 * rv)) | \
+            ((np.abs(x - torso.cx) < 0.15 * rv) & (y > y_canal) & (y < y_canal + r_canal + 0.9 * rv))
+        disc = (((z - _u(rng, 0, period)) / period) % 1.0) < 0.2
+        hu = dict(cancellous=_u(rng, 380, 460), cortical=_u(rng, 700, 950), disc=_u(rng, 70, 100),
+                  canal=_u(rng, 15, 30))
+        cortex = body & (to_body > rv - max(0.15 * rv, 0.6 * grid.spacing[2]))
+        return cls(body, cortex, to_canal <= r_canal, arch, disc, hu, yv, rv)
+
+    @property
+    def region(self) -> np.ndarray:
+        return self.body | self.arch | self.canal
+
+    def paint(self, hu: np.ndarray, inner: np.ndarray) -> None:
+        hu[inner & (self.body | self.arch)] = self.hu["cortical"]
+        hu[inner & self.body & ~self.cortex] = self.hu["cancellous"]
+        hu[inner & self.body & self.disc] = self.hu["disc"]
+        hu[inner & self.canal] = self.hu["canal"]
+
+
+def _draw_heart(grid: _Grid, hu, solid, cavity, torso: _Torso, z_dome: float, height: float, rng):
+    """An ellipsoidal heart with a shell of epicardial fat, resting on the higher dome, left-anterior."""
+    (ayc, axc) = torso.cavity_radii
+    radii = np.array([_u(rng, 0.2, 0.26) * height, _u(rng, 0.4, 0.5) * ayc, _u(rng, 0.36, 0.45) * axc])
+    center = np.array([z_dome + 0.75 * radii[0], torso.cavity_cy - _u(rng, 0.15, 0.3) * ayc,
+                       torso.cx + _u(rng, 0.1, 0.2) * axc])
+    drawn = _ellipsoid(grid, center, radii, 1.2)
+    if drawn is not None:
+        box, level = drawn
+        in_cavity = cavity[box]
+        hu[box][(level <= 1.15 ** 2) & in_cavity] = _u(rng, -100, -80)
+        hu[box][(level <= 1) & in_cavity] = _u(rng, 30, 45)
+        solid[box] |= (level <= 1.15 ** 2) & in_cavity
+    return center, radii
+
+
+def _draw_mediastinal_tubes(grid: _Grid, hu, solid, cavity, torso: _Torso, spine: _Spine, heart, layout,
+                            z_low: float, height: float, rng):
+    """Aorta (ascending, arch, descending), oesophagus, trachea and main bronchi; returns the airway lumen
+    occupancy (painted as air after the lungs) and the two hila."""
+    (ayc, axc), cx = torso.cavity_radii, torso.cx
+    length = grid.extent[0]
+    (heart_c, heart_r), rv, yv = heart, spine.radius, spine.center_y
     z_top, z_bottom = length / 2 + 10.0, -length / 2 - 10.0
     ra, re, rt = _u(rng, 0.065, 0.08) * axc, 0.04 * axc, _u(rng, 0.065, 0.08) * axc
     z_arch = z_low + _u(rng, 0.7, 0.78) * height
     x_desc, y_desc = cx + rv + 0.9 * ra, yv - 0.6 * rv
     y_eso = yv - rv - re - 1.0
     y_tra = y_eso - re - rt - 2.0
-    aorta_path = [(heart_c[0] + 0.5 * heart_r[0], heart_c[1] + 0.2 * heart_r[1], cx - 0.05 * axc),
-                  (z_arch, cyc - 0.25 * ayc, cx - 0.02 * axc), (z_arch + 0.04 * height, y_tra, cx + 0.12 * axc),
-                  (z_arch, y_desc, x_desc), (z_bottom, y_desc, x_desc)]
-    tissue = np.zeros(grid.shape, dtype=f32)
-    for a, b in zip(aorta_path[:-1], aorta_path[1:]):
+    aorta = [(heart_c[0] + 0.5 * heart_r[0], heart_c[1] + 0.2 * heart_r[1], cx - 0.05 * axc),
+             (z_arch, torso.cavity_cy - 0.25 * ayc, cx - 0.02 * axc), (z_arch + 0.04 * height, y_tra, cx + 0.12 * axc),
+             (z_arch, y_desc, x_desc), (z_bottom, y_desc, x_desc)]
+    tissue = np.zeros(grid.shape, dtype=np.float32)
+    for a, b in zip(aorta[:-1], aorta[1:]):
         _draw_tube(grid, tissue, a, b, ra)
     _draw_tube(grid, tissue, (z_top, y_eso, cx), (z_bottom, y_eso, cx), re)
     carina = (z_low + _u(rng, 0.55, 0.65) * height, y_tra + 0.3 * rt, cx)
     hila = [np.array([z_low + _u(rng, 0.45, 0.55) * height, lp["center"][0] + _u(rng, -0.1, 0.1) * lp["radii"][0],
-                      lp["center"][1] - lp["side"] * 0.6 * lp["radii"][1]]) for lp in lung_params]
-    airway = np.zeros(grid.shape, dtype=f32)
-    airways = [((z_top, y_tra, cx), carina, rt)] + [(carina, hilum, 0.7 * rt) for hilum in hila]
-    for a, b, r in airways:
+                      lp["center"][1] - lp["side"] * 0.6 * lp["radii"][1]]) for lp in layout]
+    airway = np.zeros(grid.shape, dtype=np.float32)
+    for a, b, r in [((z_top, y_tra, cx), carina, rt)] + [(carina, hilum, 0.7 * rt) for hilum in hila]:
         _draw_tube(grid, tissue, a, b, 1.3 * r)
         _draw_tube(grid, airway, a, b, r)
     tissue *= cavity
     hu += tissue * (BLOOD_HU - hu)
     solid |= tissue >= 0.5
+    return airway, hila
 
-    # Lungs: ellipses inside the cavity, domed bases (deeper posteriorly), rounded apices, irregular pleura.
+
+def _draw_lungs(grid: _Grid, hu, allowed: np.ndarray, torso: _Torso, layout, rng):
+    """Lungs: ellipses inside the cavity with domed bases (deeper posteriorly), rounded apices, a cone-like taper
+    and irregular pleura; parenchyma ~-850 HU, denser posteriorly (gravity). Returns masks and normalised radius."""
     lung = np.zeros(grid.shape, dtype=bool)
-    q = np.full(grid.shape, np.inf, dtype=f32)
+    q = np.full(grid.shape, np.inf, dtype=np.float32)
     lungs = []
-    for lp in lung_params:
+    for lp in layout:
         (ly0, lx0), (ry, rx) = lp["center"], lp["radii"]
         box = grid.box((lp["z_base"] - lp["tilt"], ly0 - ry, lx0 - rx), (lp["z_apex"], ly0 + ry, lx0 + rx))
-        lz, lyy, lxx = grid.coords(box)
-        shrink = np.sqrt(np.clip(1 - np.clip((lz - (lp["z_apex"] - lp["apex"])) / lp["apex"], 0, 1) ** 2, 1e-4, 1)) \
-            * (1 - 0.15 * np.clip((lz - lp["z_base"]) / (lp["z_apex"] - lp["z_base"]), 0, 1))
-        q2 = ((lyy - ly0) / (ry * shrink)) ** 2 + ((lxx - lx0) / (rx * shrink)) ** 2 + \
+        z, y, x = grid.coords(box)
+        height = lp["z_apex"] - lp["z_base"]
+        apex = np.clip((z - (lp["z_apex"] - lp["apex"])) / lp["apex"], 0, 1)
+        shrink = np.sqrt(np.clip(1 - apex ** 2, 1e-4, 1)) * (1 - 0.15 * np.clip((z - lp["z_base"]) / height, 0, 1))
+        q2 = ((y - ly0) / (ry * shrink)) ** 2 + ((x - lx0) / (rx * shrink)) ** 2 + \
             0.1 * _smooth_field(rng, grid, box, 40.0)
-        floor = lp["z_base"] + lp["dome"] * (1 - np.clip(q2, 0, 1)) - lp["tilt"] * (lyy - ly0) / ry
-        mask = (q2 <= 1) & (lz >= floor) & (lz <= lp["z_apex"]) & (lp["side"] * (lxx - cx) > lp["gap"]) \
-            & cavity[box] & ~solid[box] & (airway[box] < 0.5)
-        density = _u(rng, -880, -830) + _u(rng, 15, 40) * (lyy - ly0) / ry + 10 * _smooth_field(rng, grid, box, 25.0)
+        floor = lp["z_base"] + lp["dome"] * (1 - np.clip(q2, 0, 1)) - lp["tilt"] * (y - ly0) / ry
+        mask = (q2 <= 1) & (z >= floor) & (z <= lp["z_apex"]) & (lp["side"] * (x - torso.cx) > lp["gap"]) \
+            & allowed[box]
+        density = _u(rng, -880, -830) + _u(rng, 15, 40) * (y - ly0) / ry + 10 * _smooth_field(rng, grid, box, 25.0)
         hu[box][mask] = np.broadcast_to(density, mask.shape)[mask]
         q[box][mask] = np.sqrt(np.clip(q2, 0, None))[mask]
         lung[box] |= mask
         lungs.append(_Lung(lp["side"], lp["center"], lp["radii"], lp["z_base"], lp["z_apex"], box, mask))
-    hu += airway * (AIR_HU - hu)
+    return lung, q, lungs
 
-    # Bones last: ribs in a shell outside the cavity (sloping down anteriorly), sternum, vertebrae.
-    theta_sin = ((y[0] - cyc) / ayc) / np.hypot((x[0] - cx) / axc, (y[0] - cyc) / ayc).clip(1e-6)
-    rib_t = _u(rng, 0.06, 0.08)
-    shell = (cavity_level > 1.02 ** pc) & (cavity_level <= (1.02 + rib_t) ** pc) & inner
-    rib_phase = (z + _u(rng, 2.0, 3.0) * period * (1 - theta_sin) / 2 - _u(rng, 0, period)) / period
-    ribs = shell & (np.cos(2 * np.pi * rib_phase) > math.cos(math.pi * 0.35)) & (np.abs(theta_sin) < 0.93)
-    sternum = shell & (np.abs(x - cx) < 0.1 * axc) & (y < cyc)
+
+def _draw_ribs(grid: _Grid, hu, torso: _Torso, cavity_level, inner, period: float, rng) -> None:
+    """Ribs in a shell just outside the cavity, one every ``period`` mm, sloping down anteriorly (so an axial slice
+    cuts several arcs); a costal-cartilage gap and the sternum in front, the spine behind."""
+    z, y, x = grid.coords()
+    (ayc, axc), pc = torso.cavity_radii, torso.cavity_exponent
+    yn, xn = (y[0] - torso.cavity_cy) / ayc, (x[0] - torso.cx) / axc
+    sin_theta = yn / np.hypot(xn, yn).clip(1e-6)  # +1 posterior, -1 anterior
+    thickness = _u(rng, 0.06, 0.08)
+    shell = (cavity_level > 1.02 ** pc) & (cavity_level <= (1.02 + thickness) ** pc) & inner
+    phase = (z + _u(rng, 2.0, 3.0) * period * (1 - sin_theta) / 2 - _u(rng, 0, period)) / period
+    ribs = shell & (np.cos(2 * np.pi * phase) > math.cos(math.pi * 0.35)) & (np.abs(sin_theta) < 0.93)
     hu[ribs] = _u(rng, 450, 750)
-    hu[sternum] = _u(rng, 350, 450)
-    hu[spine_region & ~np.broadcast_to(canal2d <= r_canal, grid.shape)] = cortical
-    hu[inner & vertebra & ~cortex] = cancellous
-    hu[inner & vertebra & disc] = _u(rng, 70, 100)
-    hu[inner & (canal2d <= r_canal)] = _u(rng, 15, 30)
+    hu[shell & (np.abs(x - torso.cx) < 0.1 * axc) & (y < torso.cavity_cy)] = _u(rng, 350, 450)
 
-    vessels = np.zeros(grid.shape, dtype=f32)
+
+def _draw_anatomy(grid: _Grid, out_spacing, rng: np.random.Generator) -> _Scene:
+    """The lesion-free scene: torso, abdomen below the domes, heart, great vessels, airways, lungs with branching
+    vessels, ribs, sternum and spine, in that painting order."""
+    z, y, x = grid.coords()
+    hu = np.full(grid.shape, AIR_HU, dtype=np.float32)
+    torso, inner, cavity, cavity_level = _draw_torso(grid, hu, rng)
+    layout = _lung_layout(grid, torso, rng)
+    height = float(np.mean([lp["z_apex"] - lp["z_base"] for lp in layout]))
+    z_low = min(lp["z_base"] for lp in layout)
+    domes = [lp["z_base"] + lp["dome"] for lp in layout]
+    abdomen = cavity & (z < np.where(x < torso.cx, domes[0], domes[1]))
+    hu[abdomen & (x < torso.cx)] = _u(rng, 50, 65)  # liver
+    hu[abdomen & (x >= torso.cx)] = _u(rng, 35, 50)  # spleen, stomach
+
+    period = max(_u(rng, 24, 32), 3.5 * grid.spacing[0])
+    spine = _Spine.draw(grid, torso, period, rng)
+    solid = spine.region & cavity
+    heart = _draw_heart(grid, hu, solid, cavity, torso, max(domes), height, rng)
+    airway, hila = _draw_mediastinal_tubes(grid, hu, solid, cavity, torso, spine, heart, layout, z_low, height, rng)
+    lung, q, lungs = _draw_lungs(grid, hu, cavity & ~solid & (airway < 0.5), torso, layout, rng)
+    hu += airway * (AIR_HU - hu)
+    _draw_ribs(grid, hu, torso, cavity_level, inner, period, rng)
+    spine.paint(hu, inner)
+
+    vessels = np.zeros(grid.shape, dtype=np.float32)
     for lp, hilum in zip(lungs, hila):
-        _vessel_tree(rng, grid, lp, lung, vessels, hilum, r0=0.042 * axc)
+        _vessel_tree(rng, grid, lp, lung, vessels, hilum, r0=0.042 * torso.cavity_radii[1])
     return _Scene(grid, tuple(out_spacing), hu, lung, q, lungs, vessels)
 
 
 def _vessel_tree(rng, grid: _Grid, lung: _Lung, lung_mask, vessels, hilum, r0: float) -> None:
     """Branching pulmonary vessels from the hilum: each branch splits in two, thinner and shorter, until it leaves
-    the lung or gets thinner than a third of a voxel."""
+    the lung (past the first two generations, which cross the hilum) or gets thinner than a third of a voxel."""
     side = lung.side
     trunks = [(0.8, 0.0, 0.6 * side), (0.0, _u(rng, -0.3, 0.3), side), (-0.7, 0.4, 0.5 * side),
               (-0.7, -0.4, 0.5 * side), (-0.2, 0.8, 0.5 * side)]
@@ -379,7 +466,7 @@ def _vessel_tree(rng, grid: _Grid, lung: _Lung, lung_mask, vessels, hilum, r0: f
         start, direction, length, radius, depth = stack.pop()
         end = start + direction * length
         _draw_tube(grid, vessels, start, end, radius)
-        if depth >= 8 or radius * 0.78 < min_r or not lung_mask[grid.index(end)]:
+        if depth >= 8 or radius * 0.78 < min_r or (depth >= 2 and not lung_mask[grid.index(end)]):
             continue
         normal = rng.normal(size=3)
         normal -= (normal @ direction) * direction
@@ -398,13 +485,6 @@ def _pick(rng, scene: _Scene, candidates: np.ndarray, prefer_dependent: bool) ->
     return max(points, key=lambda p: p[1] - p[0]) if prefer_dependent else points[0]
 
 
-def _ellipsoid_box(scene: _Scene, center, radii, margin: float):
-    box = scene.grid.box(center - margin * radii, center + margin * radii)
-    z, y, x = scene.grid.coords(box)
-    level = ((z - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + ((x - center[2]) / radii[2]) ** 2
-    return box, level
-
-
 def _covid(scene: _Scene, rng: np.random.Generator):
     """Ground-glass opacities: several patchy, low-contrast, ill-defined subpleural patches, favouring the dependent
     lower lungs, some with a consolidated core; vessels stay visible through them."""
@@ -417,7 +497,7 @@ def _covid(scene: _Scene, rng: np.random.Generator):
         center = _pick(rng, scene, candidates, prefer_dependent=rng.random() < 0.6)
         r = max(_u(rng, 0.2, 0.38) * scene.lung_size, scene.min_radius(1.6))
         radii = np.array([r * _u(rng, 0.7, 1.3), r * _u(rng, 0.8, 1.2), r * _u(rng, 0.8, 1.2)])
-        box, level = _ellipsoid_box(scene, center, radii, 1.4)
+        box, level = _ellipsoid(scene.grid, center, radii, 1.4)
         level = level + 0.8 * _smooth_field(rng, scene.grid, box, 0.5 * r)
         edge = 3 * h / r
         weight = np.clip((1 - level) / edge + 0.5, 0, 1) * scene.lung[box]
@@ -444,7 +524,7 @@ def _tumor(scene: _Scene, rng: np.random.Generator):
         best = None
         for _attempt in range(12):
             center = _pick(rng, scene, candidates, prefer_dependent=False)
-            box, level = _ellipsoid_box(scene, center, radii, 1.3)
+            box, level = _ellipsoid(scene.grid, center, radii, 1.3)
             inside = level <= 1
             fraction = (inside & scene.lung[box]).sum() / max(inside.sum(), 1)
             if best is None or fraction > best[0]:
@@ -503,10 +583,37 @@ def _draw_grid(spec: SizeSpec, rng: np.random.Generator) -> tuple[tuple[int, int
     return (nz, ny, nx), (slice_spacing, inplane, inplane)
 
 
-def _render_grid(shape, spacing, render_spacing: float) -> _Grid:
-    factors = [max(1, int(round(render_spacing / s))) for s in spacing]
+def _render_grid(shape, spacing, render_spacing) -> _Grid:
+    factors = [max(1, int(round(r / s))) for r, s in zip(render_spacing, spacing)]
     render_shape = tuple(int(math.ceil(n / f)) for n, f in zip(shape, factors))
     return _Grid(render_shape, tuple(n * s / r for n, s, r in zip(shape, spacing, render_shape)))
+
+
+def _composite_vessels(scene: _Scene, block: np.ndarray) -> None:
+    """Blend vessel occupancy towards blood HU inside the aerated lung (not inside tumours or fluid)."""
+    weight = scene.vessels
+    weight *= scene.lung
+    weight *= 1 - block
+    scene.hu += weight * (BLOOD_HU - scene.hu)
+
+
+def _to_image(hu: np.ndarray, shape, noise_sd: float, rng: np.random.Generator, slab: int = 8) -> np.ndarray:
+    """Upsample the render-grid HU to ``shape``, add white Gaussian noise and round to int16, a slab of slices at a
+    time so no full-size float temporaries are allocated."""
+    image = np.empty(shape, dtype=np.int16)
+    noise = np.empty((slab,) + tuple(shape[1:]), dtype=np.float32)
+    for z0 in range(0, shape[0], slab):
+        z1 = min(z0 + slab, shape[0])
+        part = _upsample(hu, shape, (slice(z0, z1), slice(0, shape[1]), slice(0, shape[2])))
+        if np.shares_memory(part, hu):
+            part = part.copy()
+        rng.standard_normal(out=noise[: z1 - z0], dtype=np.float32)
+        noise[: z1 - z0] *= np.float32(noise_sd)
+        part += noise[: z1 - z0]
+        np.rint(part, out=part)
+        np.clip(part, -1024, 3071, out=part)
+        image[z0:z1] = part
+    return image
 
 
 def generate_case(kind: str, size: str, rng: np.random.Generator,
@@ -531,13 +638,9 @@ def generate_case(kind: str, size: str, rng: np.random.Generator,
             break
     else:
         raise RuntimeError(f"could not place a {kind} lesion in 20 attempts")
-    hu = scene.hu
-    hu += scene.vessels * scene.lung * (1 - block) * (BLOOD_HU - hu)
-    sigma = np.clip(0.6 * np.min(grid.spacing) / np.array(grid.spacing), 0.3, 0.6)
-    hu = ndimage.gaussian_filter(hu, sigma, truncate=3.0)
-    image = _upsample(hu, shape)
-    image += rng.standard_normal(shape, dtype=np.float32) * np.float32(_u(rng, 10, 25))
-    image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
+    _composite_vessels(scene, block)
+    sigma = np.clip(0.8 / np.array(grid.spacing), 0.35, 0.6)  # scanner blur ~0.8 mm, at least partial volume
+    image = _to_image(ndimage.gaussian_filter(scene.hu, sigma, truncate=3.0), shape, _u(rng, 10, 25), rng)
     label = np.zeros(shape, dtype=np.uint8)
     if with_lungs:
         label[_upsample_mask(scene.lung.astype(np.float32), shape)] = 1

@@ -148,6 +148,8 @@ def evaluate_folders(ref_folder: str | os.PathLike, pred_folder: str | os.PathLi
     results = map_cases(evaluate_case, [(c, r, p, chosen, tolerance_mm) for c, r, p in pairs], num_processes)
     if chosen is None:
         chosen = sorted(set().union(*(present for _, present, _ in results)))
+    if not chosen:
+        raise CovtransferError(f"{ref_folder}: no foreground label in the references or dataset.json; pass labels")
     per_case = []
     for (case, _, _), (rows, _, size) in zip(pairs, results):
         by_label = {row["label"]: row for row in rows}

@@ -27,6 +27,7 @@ from covtransfer.evaluation.evaluate import (check_labels, dataset_labels, json_
                                              present_labels, read_pair)
 from covtransfer.evaluation.metrics import dice
 
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Boolean mask of the largest 26-connected component of ``mask`` (all False when ``mask`` is empty)."""
     mask = mask.astype(bool, copy=False)
@@ -41,20 +42,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _remove_small_components(seg: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A copy of ``seg`` with every voxel of ``mask`` outside its largest component set to background."""
-    out = seg.copy()
-    out[mask & ~largest_component(mask)] = 0
-    return out
+def _keep_largest(seg: np.ndarray, mask: np.ndarray) -> None:
+    """Set every voxel of ``mask`` outside its largest component to background, in place."""
+    seg[mask & ~largest_component(mask)] = 0
 
 
 def apply_postprocessing(seg: np.ndarray, rules: dict) -> np.ndarray:
     """``seg`` after the rules of :func:`determine_postprocessing` (a new array; ``seg`` is not modified)."""
     out = seg.copy()
     if rules.get("largest_component_foreground"):
-        out = _remove_small_components(out, out > 0)
+        _keep_largest(out, out > 0)
     for label in rules.get("largest_component_labels", []):
-        out = _remove_small_components(out, out == label)
+        _keep_largest(out, out == label)
     return out
 
 
@@ -62,7 +61,8 @@ def _case_dice(case: str, ref_path: Path, pred_path: Path, labels: list[int] | N
     """Per label the Dice of: the prediction, after the foreground step, after the label step, after both."""
     ref, pred, _ = read_pair(ref_path, pred_path)
     chosen = labels if labels is not None else sorted(present_labels(ref) | present_labels(pred))
-    foreground_step = _remove_small_components(pred, pred > 0)
+    foreground_step = pred.copy()
+    _keep_largest(foreground_step, foreground_step > 0)
     variants = {}
     for label in chosen:
         target = ref == label

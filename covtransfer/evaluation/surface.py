@@ -124,6 +124,11 @@ def neighbourhood_codes(mask: np.ndarray) -> np.ndarray:
     return codes
 
 
+def surface_elements(codes: np.ndarray) -> np.ndarray:
+    """Where the blocks are surface elements: neither all outside (code 0) nor all inside (code 255)."""
+    return (codes - np.uint8(1)) < np.uint8(254)  # uint8 wrap-around sends 0 to 255
+
+
 def _check(mask: np.ndarray, spacing: Sequence[float]) -> None:
     if mask.ndim != 3:
         raise ValueError(f"surface computations need 3-D masks, got shape {mask.shape}")
@@ -159,8 +164,7 @@ def surface_distances(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float
     box = bounding_box(ref | pred)
     codes_ref = neighbourhood_codes(crop_to_box(ref, box))
     codes_pred = neighbourhood_codes(crop_to_box(pred, box))
-    border_ref = (codes_ref != 0) & (codes_ref != 255)
-    border_pred = (codes_pred != 0) & (codes_pred != 255)
+    border_ref, border_pred = surface_elements(codes_ref), surface_elements(codes_pred)
     scale = np.asarray(spacing, dtype=np.float64)
     points_ref, points_pred = np.argwhere(border_ref) * scale, np.argwhere(border_pred) * scale
     to_pred = cKDTree(points_pred).query(points_ref)[0]

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from covtransfer.atomic import write_json, write_text
 from covtransfer.config import Roots, find_dataset
+from covtransfer.errors import CovtransferError
 from covtransfer.data.dataset_json import list_cases, load_dataset_json
+from covtransfer.data.image_io import file_ending
 from covtransfer.evaluation.evaluate import evaluate_case, summarise
 from covtransfer.experiments.report import write_report
+from covtransfer.inference.inputs import InputCase
+from covtransfer.inference.model_loading import checkpoint_paths, load_models
 from covtransfer.inference.predictor import Predictor
 from covtransfer.preprocessing.pipeline import plan_and_preprocess
 from covtransfer.training.api import fold_folder, read_metrics, train
@@ -62,7 +65,7 @@ class Study:
 
     def __init__(self, spec: StudySpec, roots: Roots, output: Path | None = None):
         if spec.pretrain not in ("multi", "each", "both"):
-            raise ValueError(f"pretrain must be multi, each or both, not {spec.pretrain!r}")
+            raise CovtransferError(f"--pretrain must be multi, each or both, not {spec.pretrain!r}")
         for name in spec.strategies:
             make_strategy(name)
         self.spec, self.roots = spec, roots
@@ -122,22 +125,21 @@ class Study:
         if fold != "all" and int(fold) < len(splits) and "test" in splits[int(fold)]:
             wanted = set(splits[int(fold)]["test"])
             return [(c.case_id, c.images, c.label) for c in list_cases(raw, info, "Tr") if c.case_id in wanted]
-        ts = [c for c in list_cases(raw, info, "Ts")]
-        labels = raw / "labelsTs"
-        return [(c.case_id, c.images, labels / f"{c.case_id}{info.file_ending}") for c in ts
-                if (labels / f"{c.case_id}{info.file_ending}").is_file()]
+        return [(c.case_id, c.images, c.label) for c in list_cases(raw, info, "Ts") if c.label is not None]
 
     def evaluate_fold(self, target: str, model_folder: Path, fold: str, predictions: Path) -> list[dict]:
         """Predict the fold's test cases with one model (skipping finished ones) and score them."""
         cases = self.test_cases(target, fold)
         labels = sorted(v for v in load_dataset_json(find_dataset(self.roots.raw, target)).labels.values() if v)
-        predictor = Predictor([model_folder], device=self.spec.settings.device, tta=self.spec.tta)
+        inputs = [InputCase(case_id, tuple(images), file_ending(images[0])) for case_id, images, _ in cases]
+        self._command(f"covtransfer_predict -m {model_folder} -i <fold {fold} test images> -o {predictions}")
+        models = load_models(checkpoint_paths([model_folder]), self.spec.settings.device)
+        Predictor(models, self.spec.settings.device, self.spec.tta).predict_cases(inputs, predictions,
+                                                                                   skip_existing=True)
         rows = []
-        for case_id, images, reference in cases:
-            out = predictions / f"{case_id}{''.join(reference.suffixes[-2:]) if reference.name.endswith('.gz') else reference.suffix}"
-            if not out.is_file():
-                predictor.predict_to_file(images, out)
-            rows += [{"fold": fold, **row} for row in evaluate_case(case_id, reference, out, labels,
+        for case, (case_id, _, reference) in zip(inputs, cases):
+            rows += [{"fold": fold, **row} for row in evaluate_case(case_id, reference, predictions /
+                                                                    case.output_name(), labels,
                                                                     self.spec.tolerance_mm)[0]]
         return rows
 

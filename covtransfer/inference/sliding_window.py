@@ -62,7 +62,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, mirror_axes: Sequence[int]
     return total / len(flips)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def predict_sliding_window(model: torch.nn.Module, data: torch.Tensor, patch_size: Sequence[int],
                            num_classes: int, step: float = 0.5, mirror_axes: Sequence[int] = (),
                            windows_per_batch: int = 2, task: str | None = None,

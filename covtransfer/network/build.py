@@ -75,7 +75,8 @@ def state_dict_mismatches(network: nn.Module, state_dict: dict[str, torch.Tensor
     misshapen = [f"{k} {_shape(state_dict[k])} vs {_shape(v)}" for k, v in own.items()
                  if k in state_dict and _shape(state_dict[k]) != _shape(v)]
     problems = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape (checkpoint vs network)", misshapen)):
+    kinds = (("missing", missing), ("unexpected", unexpected), ("shape (checkpoint vs network)", misshapen))
+    for label, names in kinds:
         if names:
             more = f" and {len(names) - limit} more" if len(names) > limit else ""
             problems.append(f"{len(names)} {label}: {', '.join(names[:limit])}{more}")

@@ -8,6 +8,7 @@ duplicate parts of the network by name. Decoder and head index ``l`` is the reso
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from covtransfer.plans import Configuration
 
 NEGATIVE_SLOPE = 0.01
 NORM_EPS = 1e-5
-TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def init_weights(module: nn.Module) -> None:
@@ -75,7 +76,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Per level below the bottleneck: transposed-conv upsampling, skip concatenation, conv stage.
 
-    ``upsample[l]`` maps level ``l + 1`` features to level ``l`` channels; ``stages[l]`` works at level ``l``.
+    ``upsample[i]`` maps level ``i + 1`` features to level ``i`` channels; ``stages[i]`` works at level ``i``.
     """
 
     def __init__(self, features: Sequence[int], kernel_sizes: Sequence[Sequence[int]],
@@ -83,18 +84,18 @@ class Decoder(nn.Module):
         super().__init__()
         levels = range(len(features) - 1)
         self.upsample = nn.ModuleList(
-            nn.ConvTranspose3d(features[l + 1], features[l], tuple(strides[l + 1]), tuple(strides[l + 1]), bias=True)
-            for l in levels)
-        self.stages = nn.ModuleList(conv_stage(2 * features[l], features[l], kernel_sizes[l], (1, 1, 1), n_convs)
-                                    for l in levels)
+            nn.ConvTranspose3d(features[i + 1], features[i], tuple(strides[i + 1]), tuple(strides[i + 1]), bias=True)
+            for i in levels)
+        self.stages = nn.ModuleList(conv_stage(2 * features[i], features[i], kernel_sizes[i], (1, 1, 1), n_convs)
+                                    for i in levels)
 
     def forward(self, skips: Sequence[torch.Tensor], all_levels: bool = True) -> list[torch.Tensor]:
         """Decoder features per level, full resolution first (only the full-resolution one if not ``all_levels``)."""
         x = skips[-1]
         outputs = []
-        for l in range(len(self.stages) - 1, -1, -1):
-            x = self.stages[l](torch.cat((self.upsample[l](x), skips[l]), dim=1))
-            if all_levels or l == 0:
+        for level in range(len(self.stages) - 1, -1, -1):
+            x = self.stages[level](torch.cat((self.upsample[level](x), skips[level]), dim=1))
+            if all_levels or level == 0:
                 outputs.append(x)
         outputs.reverse()
         return outputs
@@ -122,7 +123,7 @@ class SegmentationHeads(nn.ModuleDict):
 
     def forward(self, features: Sequence[torch.Tensor], task: str | None = None) -> list[torch.Tensor]:
         heads = self[self.resolve_task(task)]
-        return [heads[l](f) for l, f in enumerate(features)]
+        return [head(f) for head, f in zip(heads, features)]
 
 
 def check_heads(heads: dict[str, int]) -> None:
@@ -130,9 +131,9 @@ def check_heads(heads: dict[str, int]) -> None:
     if not heads:
         raise CovtransferError("network needs at least one head set (heads is empty)")
     for task, n in heads.items():
-        if not isinstance(task, str) or not TASK_NAME.match(task):
+        if not isinstance(task, str) or not TASK_NAME.fullmatch(task):
             raise CovtransferError(f"head set name {task!r} is not allowed (use letters, digits, '_' and '-')")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise CovtransferError(f"head set {task!r}: number of classes must be a positive integer, got {n!r}")
 
 

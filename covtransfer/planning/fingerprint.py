@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Sequence
 
@@ -104,9 +106,13 @@ def compute_fingerprint(raw_folder: str | os.PathLike, info: DatasetInfo, num_pr
             collect(analyse_case(*job))
     else:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(num_processes, len(jobs))) as pool:
-            for result in tqdm(pool.imap(_analyse_case_star, jobs), **progress):
-                collect(result)
+        try:
+            with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=context) as pool:
+                for result in tqdm(pool.map(_analyse_case_star, jobs), **progress):
+                    collect(result)
+        except BrokenProcessPool:
+            raise CovtransferError(f"{raw_folder}: a fingerprint worker process died (out of memory? try fewer "
+                                   "processes; a calling script needs an `if __name__ == '__main__':` guard)") from None
 
     properties = {}
     for channel in range(info.num_channels):

@@ -16,25 +16,24 @@ from covtransfer.plans import ChannelNormalization
 EPSILON = 1e-8
 
 
-def _normalize_channel(channel: np.ndarray, scheme: ChannelNormalization) -> np.ndarray:
+def _normalize_channel(channel: np.ndarray, scheme: ChannelNormalization, out: np.ndarray) -> None:
+    """Write the normalised ``channel`` into ``out`` (float32), in as few passes over the voxels as possible."""
     if scheme.scheme == "CT":
         missing = [k for k in ("mean", "std", "lower", "upper") if getattr(scheme, k) is None]
         if missing:
             raise CovtransferError(f"CT normalisation needs {', '.join(missing)} in the plans")
-        out = channel.astype(np.float32, copy=True)
-        np.clip(out, scheme.lower, scheme.upper, out=out)
-        out -= np.float32(scheme.mean)
-        out /= np.float32(max(scheme.std, EPSILON))
-        return out
-    if scheme.scheme == "zscore":
+        mean = float(scheme.mean)
+        np.subtract(channel, np.float32(mean), out=out, dtype=np.float32, casting="unsafe")
+        np.clip(out, np.float32(scheme.lower - mean), np.float32(scheme.upper - mean), out=out)
+        out *= np.float32(1.0 / max(scheme.std, EPSILON))
+    elif scheme.scheme == "zscore":
         mean, std = float(channel.mean(dtype=np.float64)), float(channel.std(dtype=np.float64))
-        out = channel.astype(np.float32, copy=True)
-        out -= np.float32(mean)
-        out /= np.float32(max(std, EPSILON))
-        return out
-    if scheme.scheme == "none":
-        return channel.astype(np.float32, copy=True)
-    raise CovtransferError(f"unknown normalisation scheme {scheme.scheme!r} (expected CT, zscore or none)")
+        np.subtract(channel, np.float32(mean), out=out, dtype=np.float32, casting="unsafe")
+        out *= np.float32(1.0 / max(std, EPSILON))
+    elif scheme.scheme == "none":
+        out[...] = channel
+    else:
+        raise CovtransferError(f"unknown normalisation scheme {scheme.scheme!r} (expected CT, zscore or none)")
 
 
 def normalize(data: np.ndarray, schemes: Sequence[ChannelNormalization]) -> np.ndarray:
@@ -43,5 +42,5 @@ def normalize(data: np.ndarray, schemes: Sequence[ChannelNormalization]) -> np.n
         raise CovtransferError(f"the plans normalise {len(schemes)} channel(s) but the image has {data.shape[0]}")
     out = np.empty(data.shape, dtype=np.float32)
     for index, scheme in enumerate(schemes):
-        out[index] = _normalize_channel(data[index], scheme)
+        _normalize_channel(data[index], scheme, out[index])
     return out

@@ -88,8 +88,8 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
     """Fingerprint, plan and preprocess each dataset; returns the preprocessed dataset folders.
 
     ``plans_from`` names a target dataset whose plans the others reuse; it must be planned already or be one of
-    ``dataset_ids`` (then it is planned first and listed first). ``configurations`` defaults to every planned one. Finished cases
-    are kept unless ``overwrite`` (or unless the plans changed since they were written).
+    ``dataset_ids`` (then it is planned first and listed first). ``configurations`` defaults to every planned one.
+    Finished cases are kept unless ``overwrite`` (or unless the plans changed since they were written).
     """
     num_processes = int(num_processes or os.cpu_count() or 1)
     raw_folders = list(dict.fromkeys(find_dataset(roots.raw, d) for d in dataset_ids))

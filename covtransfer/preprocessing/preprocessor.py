@@ -60,11 +60,6 @@ class CasePreprocessor:
         self.configuration = plans.configuration(configuration_name)
         self.foreground_labels = sorted(v for v in set(plans.labels.values()) if v > 0)
 
-    def target_spacing(self, spacing: Sequence[float]) -> list[float]:
-        """The configuration's spacing; a 2-D configuration keeps the case's own spacing along the first axis."""
-        target = [float(s) for s in self.configuration.spacing]
-        return [float(spacing[0])] + target if len(target) == 2 else target
-
     def run(self, images: Sequence[np.ndarray], geometry: Geometry, seg: np.ndarray | None = None,
             case_id: str = "case") -> tuple[np.ndarray, np.ndarray | None, dict]:
         """Preprocess channel arrays (each Z, Y, X) and an optional label map; returns ``(data, seg, properties)``.
@@ -75,7 +70,8 @@ class CasePreprocessor:
         if len(images) != self.plans.num_input_channels:
             raise CovtransferError(f"case {case_id}: {len(images)} channel(s) given, the plans expect "
                                    f"{self.plans.num_input_channels}")
-        data = np.stack([np.asarray(image) for image in images])
+        arrays = [np.asarray(image) for image in images]
+        data = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # a view: the inputs are only read
         original_shape = list(data.shape[1:])
         forward = [int(a) for a in self.plans.transpose_forward]
         data = data.transpose([0] + [a + 1 for a in forward])
@@ -93,7 +89,7 @@ class CasePreprocessor:
 
         data = normalize(data, self.configuration.normalization)
 
-        target = self.target_spacing(spacing)
+        target = [float(s) for s in self.configuration.spacing]
         new_shape = compute_new_shape(shape_after_cropping, spacing, target)
         settings = self.configuration.resampling
         data = resample_image(data, spacing, target, new_shape, settings.order_data, settings.order_z,

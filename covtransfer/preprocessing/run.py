@@ -42,7 +42,7 @@ def _copy_file(source: Path, target: Path) -> None:
 
 def _copy_dataset_files(raw_folder: Path, preprocessed_folder: Path, cases: list[Case], file_ending: str,
                         overwrite: bool) -> None:
-    """``dataset.json`` and ``splits.json`` (when the raw dataset has one) always; labels when missing or overwriting."""
+    """``dataset.json`` and the raw ``splits.json`` (if any) always; label files when missing or overwriting."""
     _copy_file(raw_folder / "dataset.json", preprocessed_folder / "dataset.json")
     if (raw_folder / "splits.json").is_file():
         _copy_file(raw_folder / "splits.json", preprocessed_folder / "splits.json")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from covtransfer.config import Roots, find_dataset
 from covtransfer.errors import CovtransferError
-from covtransfer.plans import Plans
+from covtransfer.plans import Configuration, Plans
 from covtransfer.training.checkpoint import find_checkpoint, load_checkpoint
 from covtransfer.training.splits import fold_cases, load_or_create_splits
-from covtransfer.training.strategies import Strategy
+from covtransfer.training.strategies import PLANS_HINT, Strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
 from covtransfer.training.validation import validate_fold
 
@@ -31,7 +31,11 @@ def fold_folder(roots: Roots, dataset_names: list[str], strategy: str, fold: str
 
 
 def _load_task(roots: Roots, dataset_id: str | int, configuration: str, fold: str | int) -> TrainingTask:
-    folder = find_dataset(roots.preprocessed, dataset_id)
+    try:
+        folder = find_dataset(roots.preprocessed, dataset_id)
+    except CovtransferError as exc:
+        raise CovtransferError(f"{exc}; preprocess it first (covtransfer_plan_and_preprocess -d {dataset_id})"
+                               ) from None
     plans_path = folder / "plans.json"
     if not plans_path.is_file():
         raise CovtransferError(f"{folder}: not preprocessed (run covtransfer_plan_and_preprocess -d {dataset_id})")
@@ -61,6 +65,33 @@ def load_pretrained(path: str | Path, num_input_channels: int) -> tuple[dict, st
     return checkpoint, str(checkpoint_path)
 
 
+TOPOLOGY_KEYS = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder")
+
+
+def check_pretrained_topology(checkpoint: dict, configuration: Configuration, source: str, target: str) -> None:
+    """Refuse a pre-trained model whose network topology differs from the target's plans.
+
+    Tensor shapes alone miss some differences (strides), which would leave a network that loads but computes
+    something else; the recorded configuration is compared instead.
+    """
+    theirs = checkpoint["network"]["configuration"]
+    ours = configuration.to_dict()
+    differs = [k for k in TOPOLOGY_KEYS if theirs.get(k) != ours.get(k)]
+    if differs:
+        key = differs[0]
+        raise CovtransferError(f"{source}: {key} {theirs.get(key)} differs from {ours.get(key)} in the plans of "
+                               f"{target}; {PLANS_HINT}")
+
+
+def _check_source_weights(weights: list[float] | None, tasks: list[TrainingTask]) -> None:
+    if weights is None:
+        return
+    if len(weights) != len(tasks):
+        raise CovtransferError(f"--source-weights has {len(weights)} values for {len(tasks)} datasets")
+    if any(not w > 0 for w in weights):
+        raise CovtransferError(f"--source-weights {' '.join(str(w) for w in weights)}: every weight must be > 0")
+
+
 def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roots: Roots,
           settings: TrainingSettings, configuration: str = "3d_fullres", pretrained: str | Path | None = None,
           resume: bool = False, tag: str | None = None) -> Path:
@@ -73,12 +104,15 @@ def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roo
             raise CovtransferError(
                 f"{task.name} and {tasks[0].name} have different plans; multi-lesion pre-training needs one plans "
                 f"file: run covtransfer_plan_and_preprocess -d {task.name} --plans-from TARGET for every source")
+    _check_source_weights(settings.source_weights, tasks)
     if strategy.needs_pretrained and pretrained is None:
         raise CovtransferError(f"-t {strategy.name} needs --pretrained PATH (a checkpoint or a run folder)")
     if not strategy.needs_pretrained and pretrained is not None:
         raise CovtransferError(f"-t {strategy.name} does not use --pretrained")
     checkpoint, source = (load_pretrained(pretrained, tasks[0].plans.num_input_channels)
                           if pretrained is not None else (None, ""))
+    if checkpoint is not None:
+        check_pretrained_topology(checkpoint, tasks[0].plans.configuration(configuration), source, tasks[0].name)
     folder = fold_folder(roots, [t.name for t in tasks], strategy.name, fold, tag)
     if not resume and any(folder.glob("checkpoint_*.pt")):
         raise CovtransferError(f"{folder}: already holds checkpoints; use --continue to resume, or delete it")

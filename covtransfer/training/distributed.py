@@ -43,6 +43,22 @@ def init_distributed(device_type: str) -> DistributedContext:
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+def local_batch(batch_size: int, oversample_foreground: float, context: DistributedContext) -> tuple[int, float]:
+    """This process's share of the global batch and the foreground-oversampling fraction that keeps the global
+    number of forced-foreground samples (the last ``round(batch × oversample)`` of the global batch), as nnU-Net does.
+
+    Ranks get ``batch // world`` samples, the first ``batch % world`` ranks one more, and at least one each.
+    """
+    if not context.enabled:
+        return batch_size, oversample_foreground
+    size = max(1, batch_size // context.world_size + (context.rank < batch_size % context.world_size))
+    total = max(batch_size, context.world_size)
+    first_forced = int(round(total * (1 - oversample_foreground)))
+    start = context.rank * (total // context.world_size) + min(context.rank, total % context.world_size)
+    forced = sum(1 for index in range(start, start + size) if index >= first_forced)
+    return size, forced / size
+
+
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """Sum a tensor over all processes (in place; returned for convenience)."""
     if context.enabled:

@@ -148,13 +148,15 @@ class Trainer:
         model = network
         if self.context.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                                        find_unused_parameters=len(self.tasks) > 1)
+            # other tasks' heads and the zero-weight lowest deep-supervision output get no gradient in a step
+            unused = len(self.tasks) > 1 or 0.0 in self.loss.weights
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
         if self.settings.compile:
             model = torch.compile(model)
         return model
 
-    def _log(self, message: str) -> None:
+    def log_line(self, message: str) -> None:
+        """Print and record a line (main process only)."""
         if self.log is not None:
             self.log.line(message)
 
@@ -198,21 +200,21 @@ class Trainer:
                             float(checkpoint["best_ema"]))
         if self.log is not None:
             self.log.write_history(self.state.history)
-        self._log(f"resumed from {path.name} after epoch {self.state.epoch}")
+        self.log_line(f"resumed from {path.name} after epoch {self.state.epoch}")
 
     # ----------------------------------------------------------------------------------------- data
     def _streams(self) -> tuple[BatchStream, BatchStream]:
         final = self.configuration.patch_size
         self.augment = build_training_pipeline(final, mirror_axes=(0, 1, 2))
         initial = self.augment.initial_patch_size
-        batch = max(1, self.configuration.batch_size // self.context.world_size)
+        batch, oversample = distributed.local_batch(self.configuration.batch_size,
+                                                    self.settings.oversample_foreground, self.context)
         train, val = [], []
         for task in self.tasks:
             folder = task.preprocessed_folder / self.configuration.data_identifier
             store = CaseStore(folder, sorted(set(task.train_ids) | set(task.val_ids)))
-            train.append(PatchSampler(store, task.train_ids, initial, final, batch,
-                                      self.settings.oversample_foreground))
-            val.append(PatchSampler(store, task.val_ids, final, final, batch, self.settings.oversample_foreground))
+            train.append(PatchSampler(store, task.train_ids, initial, final, batch, oversample))
+            val.append(PatchSampler(store, task.val_ids, final, final, batch, oversample))
         weights = self.settings.source_weights or [1.0] * len(self.tasks)
         if len(weights) != len(self.tasks):
             raise CovtransferError(f"--source-weights has {len(weights)} values for {len(self.tasks)} datasets")
@@ -267,14 +269,14 @@ class Trainer:
             self.output_folder.mkdir(parents=True, exist_ok=True)
             if self.load_report is not None and self.state.epoch == 0:
                 write_json(self.output_folder / "load_report.json", self.load_report.to_dict())
-                self._log(self.load_report.summary())
+                self.log_line(self.load_report.summary())
         train_stream, val_stream = self._streams()
         workers, pin = self._num_workers(), self.device.type == "cuda"
         train_batches = iter(batch_loader(train_stream, self.state.epoch * s.iters_per_epoch,
                                           s.epochs * s.iters_per_epoch, workers, pin))
         val_batches = iter(batch_loader(val_stream, self.state.epoch * s.val_iters, s.epochs * s.val_iters,
                                         workers, pin)) if s.val_iters > 0 else None
-        self._log(f"training {self.strategy.name} on {', '.join(t.name for t in self.tasks)}: "
+        self.log_line(f"training {self.strategy.name} on {', '.join(t.name for t in self.tasks)}: "
                   f"epochs {self.state.epoch}..{s.epochs - 1}, {s.iters_per_epoch} iterations each, "
                   f"patch {self.configuration.patch_size}, batch {self.configuration.batch_size}, "
                   f"device {self.device}, {self.context.world_size} process(es)")
@@ -310,7 +312,7 @@ class Trainer:
                   "epoch_time": time.perf_counter() - start}
         self.state.epoch, self.state.ema = epoch + 1, ema
         self.state.history.append(record)
-        self._log(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
+        self.log_line(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
                   f"pseudo Dice {val_dice:.4f} (EMA {ema:.4f}), lr {lr:.2e}, {record['epoch_time']:.1f} s")
         if self.log is not None:
             self.log.write_history(self.state.history)

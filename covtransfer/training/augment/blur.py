@@ -24,7 +24,7 @@ def gaussian_kernels(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def blur_along(volumes: torch.Tensor, kernels: torch.Tensor, dim: int) -> torch.Tensor:
-    """Convolve (1, n, Z, Y, X) ``volumes`` along spatial ``dim`` (2, 3 or 4) with one (odd-length) kernel per channel."""
+    """Convolve (1, n, Z, Y, X) ``volumes`` along spatial ``dim`` (2, 3 or 4), one odd-length kernel per channel."""
     radius = kernels.shape[1] // 2
     padding = [0] * 6
     padding[2 * (4 - dim)] = padding[2 * (4 - dim) + 1] = radius
@@ -40,7 +40,8 @@ def blur_along(volumes: torch.Tensor, kernels: torch.Tensor, dim: int) -> torch.
 class GaussianBlur:
     """Blur chosen channels of a fraction ``p`` of samples; sigma drawn per channel and axis from ``sigma_range``."""
 
-    def __init__(self, p: float = 0.2, sigma_range: tuple[float, float] = (0.5, 1.0), p_per_channel: float = 0.5) -> None:
+    def __init__(self, p: float = 0.2, sigma_range: tuple[float, float] = (0.5, 1.0),
+                 p_per_channel: float = 0.5) -> None:
         self.p = p
         self.sigma_range = sigma_range
         self.p_per_channel = p_per_channel

@@ -11,7 +11,8 @@ from covtransfer.training.augment.sampling import balanced_factor, broadcastable
 
 
 class Contrast:
-    """``x -> (x - mean) * f + mean`` per channel for a fraction ``p`` of samples, optionally clipped to the old range."""
+    """``x -> (x - mean) * f + mean`` per channel for a fraction ``p`` of samples, optionally clipped to the old range.
+    """
 
     def __init__(self, p: float = 0.15, factor_range: tuple[float, float] = (0.75, 1.25),
                  preserve_range: bool = True) -> None:

@@ -8,9 +8,22 @@ bright end instead of the dark end.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from covtransfer.training.augment.sampling import balanced_factor, broadcastable, coin, selected
+
+
+def _channel_std_mean(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard deviation and mean of each (sample, channel) of (n, C, Z, Y, X) volumes, shaped (n, C, 1, 1, 1).
+
+    Computed as the norm of the centred values, which on CPU is many times faster than ``torch.std_mean``.
+    """
+    flat = volumes.flatten(2)
+    mean = flat.mean(2, keepdim=True)
+    std = torch.linalg.vector_norm(flat - mean, dim=2, keepdim=True) / math.sqrt(max(flat.shape[2] - 1, 1))
+    return std[..., None, None], mean[..., None, None]
 
 
 class Gamma:
@@ -34,17 +47,15 @@ class Gamma:
         chosen = images.index_select(0, index)
         if self.invert:
             chosen = -chosen
+        std, mean = _channel_std_mean(chosen)
         flat = chosen.flatten(2)
-        mean, std = flat.mean(2)[..., None, None, None], flat.std(2)[..., None, None, None]
         low = flat.amin(2)[..., None, None, None]
         span = flat.amax(2)[..., None, None, None] - low + 1e-7
         gamma = broadcastable(gammas[apply], chosen.dim(), images.dtype, images.device)
         curved = ((chosen - low) / span).pow(gamma) * span + low
         if self.retain_stats:
-            curved_flat = curved.flatten(2)
-            new_mean = curved_flat.mean(2)[..., None, None, None]
-            new_std = curved_flat.std(2)[..., None, None, None]
-            curved = (curved - new_mean) / (new_std + 1e-8) * std + mean
+            new_std, new_mean = _channel_std_mean(curved)
+            curved = (curved - new_mean) * (std / (new_std + 1e-8)) + mean
         if self.invert:
             curved = -curved
         return images.index_copy(0, index, curved), seg

@@ -19,11 +19,12 @@ class Mirror:
     def __call__(self, images: torch.Tensor, seg: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         flips = coin(generator, (images.shape[0], len(self.axes)), self.p)
-        for column, axis in enumerate(self.axes):
-            if not flips[:, column].any():
+        # one multi-axis flip per distinct pattern is far cheaper than one pass per axis
+        for pattern in torch.unique(flips, dim=0):
+            dims = [axis + 2 for axis, flip in zip(self.axes, pattern.tolist()) if flip]
+            if not dims:
                 continue
-            index = selected(flips[:, column], images.device)
-            dim = axis + 2
-            images = images.index_copy(0, index, images.index_select(0, index).flip(dim))
-            seg = seg.index_copy(0, index, seg.index_select(0, index).flip(dim))
+            index = selected((flips == pattern).all(1), images.device)
+            images = images.index_copy(0, index, images.index_select(0, index).flip(dims))
+            seg = seg.index_copy(0, index, seg.index_select(0, index).flip(dims))
         return images, seg

@@ -34,7 +34,7 @@ __all__ = ["TrainingAugmentation", "build_training_pipeline", "build_validation_
 
 
 class TrainingAugmentation:
-    """A sequence of batched transforms; ``initial_patch_size`` is what the loader cuts, ``patch_size`` what comes out."""
+    """Batched transforms in order; ``initial_patch_size`` is what the loader cuts, ``patch_size`` what comes out."""
 
     def __init__(self, transforms: Sequence[Transform], patch_size: Sequence[int],
                  initial_patch_size: Sequence[int]) -> None:

@@ -113,7 +113,8 @@ class SpatialTransform:
         rotate = coin(generator, (batch,), self.p_rotation)
         angles = uniform(generator, (batch, 3), -1.0, 1.0) * self.max_radians * rotate[:, None]
         zoom = coin(generator, (batch,), self.p_scale)
-        factors = torch.where(zoom, uniform(generator, (batch,), *self.scale_range), torch.ones(batch, dtype=torch.float64))
+        factors = uniform(generator, (batch,), *self.scale_range)
+        factors = torch.where(zoom, factors, torch.ones_like(factors))
         starts = [(i - p) // 2 for i, p in zip(in_shape, self.patch_size)]
         crop = (Ellipsis,) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch_size))
         out_images, out_seg = images[crop], seg[crop]

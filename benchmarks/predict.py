@@ -1,0 +1,308 @@
+"""Time ``covtransfer_predict`` end to end (process start to file written) on one clinical-size synthetic CT.
+
+The case is a ``clinical`` synthetic chest CT (512 × 512 × ~240 voxels, int16, .nii.gz). The model is the reference
+topology (patch 56 × 160 × 192, features 32 … 320, 6 stages, spacing 1.5 × 1 × 1 mm) with random weights: this
+measures speed, not accuracy. Each run is a fresh ``python -m covtransfer.cli.predict`` process, with and without
+mirroring; the peak resident memory is that process's own (``os.wait4``), the GPU memory the peak that
+``nvidia-smi`` saw. ``--breakdown`` also times the stages in-process (read + preprocess, network, export, write).
+
+On a CPU the reference network with mirroring takes very long; ``--cpu-topology small`` (the default on a CPU)
+uses patch 48 × 128 × 128 and features 16 … 128 (5 stages) instead, and says so in the output.
+
+Usage: ``python benchmarks/predict.py [--devices cpu cuda] [--work DIR] [--breakdown] [--nnunet-venv PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from covtransfer.data.image_io import Geometry, read_geometry, write_image  # noqa: E402
+from covtransfer.network.build import build_network, network_spec  # noqa: E402
+from covtransfer.plans import ChannelNormalization, Configuration, Plans  # noqa: E402
+
+TOPOLOGIES = {
+    "reference": {"patch": [56, 160, 192], "features": [32, 64, 128, 256, 320, 320],
+                  "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]},
+    "small": {"patch": [48, 128, 128], "features": [16, 32, 64, 128, 128],
+              "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]},
+}
+SPACING = [1.5, 1.0, 1.0]
+CT = {"mean": -450.0, "std": 420.0, "lower": -1024.0, "upper": 600.0}
+TASK = "Dataset900_Bench"
+
+
+def make_case(folder: Path) -> Path:
+    """A clinical-size synthetic CT (or a stand-in volume if the generator is unavailable) as case_0000.nii.gz."""
+    path = folder / "images" / "case_0000.nii.gz"
+    if path.is_file():
+        return path
+    try:
+        from covtransfer.datasets.phantom import generate_case
+        from covtransfer.datasets.synthetic import case_rng
+        image, _, spacing = generate_case("covid", "clinical", case_rng(0, "covid", 0))
+    except ImportError:
+        rng = np.random.default_rng(0)
+        image = (rng.normal(-700, 200, (200, 512, 512))).astype(np.int16)
+        spacing = (1.25, 0.7, 0.7)
+    write_image(path, image, Geometry(tuple(spacing), (-180.0, -200.0, -150.0)))
+    return path
+
+
+def make_plans(topology: str) -> Plans:
+    spec = TOPOLOGIES[topology]
+    n = len(spec["features"])
+    configuration = Configuration(
+        name="3d_fullres", spacing=SPACING, patch_size=spec["patch"], batch_size=2,
+        features_per_stage=spec["features"], kernel_sizes=[[3, 3, 3]] * n, strides=spec["strides"],
+        median_image_size=[176, 335, 335], normalization=[ChannelNormalization("CT", **CT)],
+        data_identifier="3d_fullres")
+    return Plans(dataset_name=TASK, channel_names={"0": "CT"}, labels={"background": 0, "lesion": 1},
+                 transpose_forward=[0, 1, 2], transpose_backward=[0, 1, 2], original_median_spacing=SPACING,
+                 original_median_shape=[176, 335, 335], configurations={"3d_fullres": configuration})
+
+
+def make_checkpoint(folder: Path, topology: str) -> Path:
+    """A checkpoint of the topology with random weights (seeded) in ``folder/<topology>/fold_0``."""
+    path = folder / "models" / topology / "fold_0" / "checkpoint_final.pt"
+    if path.is_file():
+        return path
+    torch.manual_seed(0)
+    plans = make_plans(topology)
+    configuration = plans.configuration("3d_fullres")
+    heads = {TASK: 2}
+    network = build_network(configuration, 1, heads, deep_supervision=False)
+    checkpoint = {"format": "covtransfer-checkpoint", "version": 1, "network": network_spec(configuration, 1, heads),
+                  "plans": plans.to_dict(), "configuration_name": "3d_fullres", "dataset_name": TASK,
+                  "strategy": "benchmark", "labels": dict(plans.labels), "predict_head": TASK,
+                  "mirror_axes": [0, 1, 2], "state_dict": network.state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+class GpuMemoryPoller:
+    """Peak GPU memory in use (MiB) as reported by nvidia-smi, polled every 50 ms in a thread."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.peak = max([self.peak] + [int(v) for v in out.split() if v.isdigit()])
+            except (OSError, subprocess.SubprocessError):
+                return
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> "GpuMemoryPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed_process(command: list[str], gpu: bool, env: dict | None = None) -> dict:
+    """Run ``command``; wall seconds, peak RSS (MiB) of the process tree's largest member, peak GPU MiB."""
+    poller = GpuMemoryPoller() if gpu and shutil.which("nvidia-smi") else None
+    start = time.perf_counter()
+    if poller:
+        poller.__enter__()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if poller:
+        poller.__exit__()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024),
+            "peak_gpu_mib": poller.peak if poller else None}
+
+
+def run_covtransfer(case: Path, checkpoint: Path, output: Path, device: str, tta: bool) -> dict:
+    shutil.rmtree(output, ignore_errors=True)
+    command = [sys.executable, "-m", "covtransfer.cli.predict", "-i", str(case), "-o", str(output),
+               "-m", str(checkpoint), "--device", device, "--quiet"] + ([] if tta else ["--no-tta"])
+    result = timed_process(command, device == "cuda", dict(os.environ, PYTHONPATH=str(ROOT)))
+    shape, _ = read_geometry(output / "case.nii.gz")
+    if shape != read_geometry(case)[0]:
+        raise RuntimeError(f"output shape {shape} differs from the input's")
+    return result
+
+
+def breakdown(case: Path, checkpoint: Path, device: str, tta: bool, output: Path) -> dict:
+    """Seconds per stage, in this process (after a warm-up forward so CUDA start-up is not counted)."""
+    from covtransfer.inference.export import save_segmentation, segmentation_to_original
+    from covtransfer.inference.inputs import discover_cases
+    from covtransfer.inference.model_loading import load_models
+    from covtransfer.inference.predictor import Predictor, ensemble_probabilities
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    models = load_models([checkpoint], device)
+    predictor = Predictor(models, device, tta=tta)
+    [input_case] = discover_cases(case)
+    patch = models[0].configuration.patch_size
+    models[0].network(torch.zeros(1, 1, *patch, device=device))
+    times = {}
+    start = time.perf_counter()
+    data, properties = predictor.preprocess(input_case)
+    times["read_preprocess"] = time.perf_counter() - start
+    start = time.perf_counter()
+    probabilities = ensemble_probabilities(models, data, predictor.device, tta)
+    sync()
+    times["network"] = time.perf_counter() - start
+    start = time.perf_counter()
+    seg = segmentation_to_original(probabilities, properties, predictor.plans, predictor.configuration_name)
+    sync()
+    times["export"] = time.perf_counter() - start
+    start = time.perf_counter()
+    save_segmentation(output / "breakdown.nii.gz", seg, properties)
+    times["write"] = time.perf_counter() - start
+    times["preprocessed_shape"] = list(data.shape[1:])
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in times.items()}
+
+
+NNUNET_SETUP = r'''
+import json, sys, torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+plans, dataset, folder = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+arch = plans["configurations"]["3d_fullres"]["architecture"]
+torch.manual_seed(0)
+net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 2,
+                             deep_supervision=False)
+torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1,
+            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset}},
+           folder + "/fold_0/checkpoint_final.pth")
+'''
+
+
+def nnunet_model_folder(folder: Path, venv: Path) -> Path:
+    """An nnU-Net v2 model folder with the reference topology and random weights (built inside ``venv``)."""
+    model = folder / "nnunet_model"
+    (model / "fold_0").mkdir(parents=True, exist_ok=True)
+    spec = TOPOLOGIES["reference"]
+    n = len(spec["features"])
+    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
+                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                         "force_separate_z": None}}
+    plans = {
+        "dataset_name": TASK, "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
+        "original_median_spacing_after_transp": SPACING, "original_median_shape_after_transp": [176, 335, 335],
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 2000.0, "mean": CT["mean"], "median": CT["mean"], "min": -1024.0,
+            "percentile_00_5": CT["lower"], "percentile_99_5": CT["upper"], "std": CT["std"]}},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": spec["patch"], "median_image_size_in_voxels": [176, 335, 335],
+            "spacing": SPACING, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            **resampling, "batch_dice": False,
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {
+                    "n_stages": n, "features_per_stage": spec["features"], "conv_op": "torch.nn.modules.conv.Conv3d",
+                    "kernel_sizes": [[3, 3, 3]] * n, "strides": spec["strides"], "n_conv_per_stage": [2] * n,
+                    "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
+                    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+                    "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}}}
+    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 1,
+               "file_ending": ".nii.gz"}
+    (model / "plans.json").write_text(json.dumps(plans, indent=1))
+    (model / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    script = folder / "nnunet_setup.py"
+    script.write_text(NNUNET_SETUP)
+    subprocess.run([str(venv / "bin" / "python"), str(script), str(model / "plans.json"),
+                    str(model / "dataset.json"), str(model)], check=True)
+    return model
+
+
+def run_nnunet(venv: Path, images: Path, model: Path, output: Path, device: str, tta: bool) -> dict:
+    shutil.rmtree(output, ignore_errors=True)
+    command = [str(venv / "bin" / "nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(output),
+               "-m", str(model), "-f", "0", "-device", device] + ([] if tta else ["--disable_tta"])
+    env = dict(os.environ, nnUNet_raw=str(output), nnUNet_preprocessed=str(output), nnUNet_results=str(output))
+    return timed_process(command, device == "cuda", env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    parser.add_argument("--devices", nargs="+", default=default_devices, choices=("cpu", "cuda"))
+    parser.add_argument("--cpu-topology", choices=tuple(TOPOLOGIES), default="small",
+                        help="network on the CPU (default small: the reference network takes very long there)")
+    parser.add_argument("--cpu-tta", action="store_true", help="also time mirroring on the CPU (8x the network time)")
+    parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed afterwards)")
+    parser.add_argument("--breakdown", action="store_true", help="also time the stages in-process")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per setting (the fastest is reported)")
+    parser.add_argument("--nnunet-venv", type=Path, help="a virtual environment with nnunetv2: time it too")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="covtransfer_predict_bench_"))
+    results = []
+    try:
+        case = make_case(work)
+        shape, geometry = read_geometry(case)
+        print(f"case: {shape} voxels (z, y, x) at {tuple(round(s, 3) for s in geometry.spacing)} mm; "
+              f"model spacing {SPACING} mm")
+        for device in args.devices:
+            topology = "reference" if device == "cuda" else args.cpu_topology
+            checkpoint = make_checkpoint(work, topology)
+            spec = TOPOLOGIES[topology]
+            for tta in ((True, False) if device == "cuda" or args.cpu_tta else (False,)):
+                runs = [run_covtransfer(case, checkpoint, work / "out", device, tta) for _ in range(args.repeats)]
+                best = min(runs, key=lambda r: r["seconds"])
+                row = {"tool": "covtransfer", "device": device, "topology": topology, "patch": spec["patch"],
+                       "features": spec["features"], "mirroring": tta, **best}
+                if args.breakdown:
+                    row["breakdown"] = breakdown(case, checkpoint, device, tta, work)
+                results.append(row)
+                print(json.dumps(row), flush=True)
+            if args.nnunet_venv and (args.nnunet_venv / "bin" / "nnUNetv2_predict_from_modelfolder").exists():
+                model = nnunet_model_folder(work, args.nnunet_venv)
+                for tta in (True, False):
+                    row = {"tool": "nnunetv2", "device": device, "topology": "reference", "mirroring": tta,
+                           **run_nnunet(args.nnunet_venv, case.parent, model, work / "nnunet_out", device, tta)}
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``covtransfer_predict``: segment new scans with one or more trained folds, writing label maps on the input grid."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
+from covtransfer.errors import CovtransferError
+from covtransfer.inference.model_loading import CHECKPOINT_CHOICES, checkpoint_paths, dataset_checkpoints
+from covtransfer.inference.predictor import predict_folder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covtransfer_predict",
+        description="Predict label maps for new images with trained models: sliding window, mirroring test-time "
+                    "augmentation and fold ensembling. Outputs lie exactly on each input's grid, in its file format.")
+    parser.add_argument("-i", "--input", required=True,
+                        help="an image file, a folder of <case>_0000.<ending> files (one per channel), a folder of "
+                             "single-channel images, or a raw dataset folder (its imagesTs/ is used)")
+    parser.add_argument("-o", "--output", required=True, help="output folder (must not be the input folder)")
+    model = parser.add_argument_group("model (either -d and -t, or -m)")
+    model.add_argument("-d", "--dataset", help="dataset id or name under the results root")
+    model.add_argument("-t", "--strategy", help="training strategy folder (scratch, finetune, hybrid, ...)")
+    model.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
+    model.add_argument("--tag", help="run tag: the strategy folder is <strategy>__<tag>")
+    model.add_argument("-m", "--model", nargs="+",
+                       help="fold folder(s), strategy folder(s) holding fold_* folders, or checkpoint file(s)")
+    parser.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default="final",
+                        help="which checkpoint of each fold (default: final)")
+    parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation (~8x faster)")
+    parser.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to predict (default: CUDA when available)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <case>.npz with float16 class probabilities on the input grid")
+    parser.add_argument("--postprocess", action="store_true",
+                        help="apply the largest-component rules of postprocessing.json from the model folder")
+    parser.add_argument("--continue", dest="skip_existing", action="store_true",
+                        help="skip cases whose outputs already exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_root_arguments(parser)
+    return parser
+
+
+def _checkpoints(args: argparse.Namespace) -> list:
+    if args.model:
+        if args.dataset or args.strategy or args.folds or args.tag:
+            raise CovtransferError("give either -m or -d/-t (with -f/--tag), not both")
+        return checkpoint_paths(args.model, args.checkpoint)
+    if not (args.dataset and args.strategy):
+        raise CovtransferError("name the model: -d DATASET -t STRATEGY, or -m MODEL_FOLDER")
+    return dataset_checkpoints(roots_from_args(args).results, args.dataset, args.strategy, args.folds, args.tag,
+                               args.checkpoint)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    checkpoints = _checkpoints(args)
+    written = predict_folder(args.input, args.output, checkpoints, args.device, not args.no_tta, args.step,
+                             args.save_probabilities, args.postprocess, args.skip_existing, not args.quiet)
+    print(f"{len(written)} case(s) predicted with {len(checkpoints)} model(s) into {args.output}")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,62 @@
+"""``covtransfer_study``: the published transfer protocol — plan, pre-train, train every strategy on every fold,
+predict each fold's test cases, evaluate and aggregate (resumable: finished steps are skipped)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
+from covtransfer.errors import CovtransferError
+from covtransfer.experiments.report import results_table
+from covtransfer.experiments.study import DEFAULT_STRATEGIES, Study, StudySpec
+from covtransfer.training.trainer import TrainingSettings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = TrainingSettings()
+    p = argparse.ArgumentParser(prog="covtransfer_study", description=__doc__)
+    p.add_argument("--target", required=True, help="target dataset id or name (e.g. the converted COVID-19-CT-Seg)")
+    p.add_argument("--sources", nargs="+", required=True, help="source (non-COVID lesion) dataset ids or names")
+    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                   help=f"comma-separated (default {','.join(DEFAULT_STRATEGIES)})")
+    p.add_argument("--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4), or all")
+    p.add_argument("--pretrain", choices=("multi", "each", "both"), default="multi",
+                   help="one multi-lesion model, one model per source, or both (default multi)")
+    p.add_argument("--preset", help="planning preset for the target (e.g. cpu)")
+    p.add_argument("--gpu-memory-gb", type=float, default=8.0, help="planning memory budget (default 8)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"target training epochs ({defaults.epochs})")
+    p.add_argument("--pretrain-epochs", type=int, help="pre-training epochs (default: --epochs)")
+    p.add_argument("--iters-per-epoch", type=int, default=defaults.iters_per_epoch)
+    p.add_argument("--val-iters", type=int, default=defaults.val_iters)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--tolerance-mm", type=float, default=3.0, help="NSD tolerance in mm (default 3)")
+    p.add_argument("--no-tta", action="store_true", help="predict the test cases without mirroring")
+    p.add_argument("-o", "--output", help="study folder (default RESULTS/<target>/study)")
+    add_root_arguments(p)
+    args = p.parse_args(argv)
+    strategies = [s for s in args.strategies.split(",") if s]
+    if not strategies:
+        raise CovtransferError("--strategies is empty")
+    settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+                                device=args.device, seed=args.seed, final_validation=False)
+    pretrain_settings = TrainingSettings(epochs=args.pretrain_epochs or args.epochs,
+                                         iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+                                         device=args.device, seed=args.seed, final_validation=False)
+    spec = StudySpec(target=args.target, sources=args.sources, strategies=strategies, folds=args.folds,
+                     pretrain=args.pretrain, settings=settings, pretrain_settings=pretrain_settings,
+                     preset=args.preset, gpu_memory_gb=args.gpu_memory_gb, tolerance_mm=args.tolerance_mm,
+                     tta=not args.no_tta)
+    rows = Study(spec, roots_from_args(args), args.output).run()
+    print(results_table(rows))
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

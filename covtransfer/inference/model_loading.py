@@ -1,0 +1,177 @@
+"""Finding checkpoints in run folders and rebuilding the trained networks from them, ready to predict.
+
+A run folder is ``RESULTS/DatasetNNN_Name/<strategy>[__<tag>]/fold_K/`` holding ``checkpoint_{final,best}.pt``. A
+checkpoint describes its own network and plans, so no trainer code is needed to rebuild it. The checkpoints of an
+ensemble must share plans (one preprocessing per case) and classes (their probabilities are averaged).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from covtransfer.config import find_dataset
+from covtransfer.errors import CovtransferError
+from covtransfer.network.build import build_from_checkpoint
+from covtransfer.plans import Configuration, Plans
+
+CHECKPOINT_FORMAT = "covtransfer-checkpoint"
+CHECKPOINT_CHOICES = ("final", "best", "latest")
+_FOLD = re.compile(r"fold_(\d+|all)")
+
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from a checkpoint, with what prediction and export need to know about it."""
+
+    network: nn.Module
+    plans: Plans
+    configuration_name: str
+    task: str
+    num_classes: int
+    num_input_channels: int
+    mirror_axes: tuple[int, ...]
+    source: Path
+
+    @property
+    def configuration(self) -> Configuration:
+        return self.plans.configuration(self.configuration_name)
+
+    @property
+    def run_folder(self) -> Path:
+        return self.source.parent
+
+    @property
+    def label_values(self) -> list[int]:
+        """Label value of each class index (sorted label values of the plans, which are usually 0..K-1)."""
+        values = sorted(set(int(v) for v in self.plans.labels.values()))
+        return values if len(values) == self.num_classes else list(range(self.num_classes))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file safely (``weights_only``) onto the CPU; a one-line error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CovtransferError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many exception types for corrupt or foreign files
+        raise CovtransferError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CovtransferError(f"{path}: not a covtransfer checkpoint")
+    return checkpoint
+
+
+def _fold_key(path: Path) -> tuple[int, str]:
+    match = _FOLD.fullmatch(path.name)
+    index = match.group(1) if match else path.name
+    return (int(index), "") if index.isdigit() else (1 << 30, index)
+
+
+def fold_folders(folder: Path) -> list[Path]:
+    """The ``fold_*`` subfolders of a strategy folder, in fold order."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _FOLD.fullmatch(p.name)), key=_fold_key) \
+        if folder.is_dir() else []
+
+
+def checkpoint_paths(model_paths: Sequence[str | os.PathLike], which: str = "final") -> list[Path]:
+    """Checkpoint files for ``-m`` arguments: a checkpoint file, a fold folder, or a strategy folder of ``fold_*``."""
+    name = f"checkpoint_{which}.pt"
+    found: list[Path] = []
+    for raw in model_paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif (path / name).is_file():
+            found.append(path / name)
+        elif path.is_dir():
+            folds = [fold / name for fold in fold_folders(path) if (fold / name).is_file()]
+            if not folds:
+                raise CovtransferError(f"{path}: no {name} here nor in any fold_* subfolder (train the model first, "
+                                       f"or pick another with --checkpoint)")
+            found.extend(folds)
+        else:
+            raise CovtransferError(f"{path}: no such checkpoint file or model folder")
+    return found
+
+
+def strategy_folder(results_root: str | os.PathLike, dataset: str | int, strategy: str, tag: str | None = None) -> Path:
+    """``RESULTS/DatasetNNN_Name/<strategy>[__<tag>]`` for a dataset given by id or name."""
+    name = f"{strategy}__{tag}" if tag else strategy
+    folder = find_dataset(Path(results_root), dataset) / name
+    if not folder.is_dir():
+        raise CovtransferError(f"{folder}: no such results folder (train with -t {strategy} first)")
+    return folder
+
+
+def dataset_checkpoints(results_root: str | os.PathLike, dataset: str | int, strategy: str,
+                        folds: Sequence[str | int] | None = None, tag: str | None = None,
+                        which: str = "final") -> list[Path]:
+    """The checkpoints of the given folds (default: every ``fold_*`` folder that holds the checkpoint)."""
+    folder = strategy_folder(results_root, dataset, strategy, tag)
+    name = f"checkpoint_{which}.pt"
+    if folds is None:
+        found = [fold / name for fold in fold_folders(folder) if (fold / name).is_file()]
+        if not found:
+            raise CovtransferError(f"{folder}: no fold_*/{name} (train a fold first, or pick another with "
+                                   f"--checkpoint)")
+        return found
+    found = []
+    for fold in folds:
+        path = folder / f"fold_{fold}" / name
+        if not path.is_file():
+            raise CovtransferError(f"{path}: checkpoint not found")
+        found.append(path)
+    return found
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the network of one checkpoint file (deep supervision off, eval mode) on ``device``."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    missing = [k for k in ("network", "state_dict", "plans", "configuration_name") if k not in checkpoint]
+    if missing:
+        raise CovtransferError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    try:
+        plans = Plans.from_dict(checkpoint["plans"])
+    except (KeyError, TypeError) as exc:
+        raise CovtransferError(f"{path}: checkpoint holds invalid plans ({exc})") from None
+    configuration_name = str(checkpoint["configuration_name"])
+    plans.configuration(configuration_name)
+    heads = checkpoint["network"].get("heads", {})
+    task = checkpoint.get("predict_head") or next(iter(heads), None)
+    if task not in heads:
+        raise CovtransferError(f"{path}: predict head {task!r} is not one of the network's heads ({', '.join(heads)})")
+    network = build_from_checkpoint(checkpoint, deep_supervision=False, source=path)
+    network.eval().to(device)
+    axes = tuple(int(a) for a in checkpoint.get("mirror_axes", ()))
+    return LoadedModel(network, plans, configuration_name, task, int(heads[task]),
+                       int(checkpoint["network"]["num_input_channels"]), axes, path)
+
+
+def check_ensemble(models: Sequence[LoadedModel]) -> None:
+    """Refuse an ensemble whose members would need different preprocessing or predict different classes."""
+    first = models[0]
+    reference = (first.plans.transpose_forward, first.configuration.to_dict(), first.num_classes,
+                 first.num_input_channels)
+    for other in models[1:]:
+        theirs = (other.plans.transpose_forward, other.configuration.to_dict(), other.num_classes,
+                  other.num_input_channels)
+        if theirs != reference:
+            raise CovtransferError(f"{other.source}: its plans or classes differ from those of {first.source}; "
+                                   "only models trained with the same plans can be ensembled")
+
+
+def load_models(paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu") -> list[LoadedModel]:
+    """Load every checkpoint of an ensemble and check that they fit together."""
+    if not paths:
+        raise CovtransferError("no checkpoints given")
+    models = [load_model(p, device) for p in paths]
+    check_ensemble(models)
+    return models

@@ -1,0 +1,319 @@
+"""The predictor: preprocessed volume -> sliding-window logits -> fold-averaged probabilities -> label map on the
+input grid, for whole folders of cases.
+
+Per case: read and preprocess with the model's plans, predict every fold (mirroring TTA over the checkpoint's axes
+unless disabled), average the folds' softmax probabilities, export to the input grid, optionally post-process, and
+write atomically. On a GPU the volume, the windows, the accumulation and the export resampling stay on the device
+(bf16 autocast forward), a thread reads and preprocesses the next case meanwhile and another writes the previous
+result. On a CPU cases run one after another and intermediates are freed early so memory stays bounded.
+
+The functions :func:`predict_logits` and :func:`predict_preprocessed` take a live ``nn.Module`` so that the trainer's
+final validation can use them without a checkpoint file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from covtransfer.atomic import atomic_path
+from covtransfer.errors import CovtransferError
+from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from covtransfer.inference.export import (labels_from_probabilities, probabilities_to_original, save_segmentation,
+                                          segmentation_to_original)
+from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
+from covtransfer.inference.model_loading import LoadedModel, load_models
+from covtransfer.inference.sliding_window import predict_sliding_window
+from covtransfer.plans import Configuration, Plans
+from covtransfer.preprocessing.preprocessor import CasePreprocessor
+
+POSTPROCESSING_FILE = "postprocessing.json"
+# voxels per forward pass (windows × patch voxels): a few windows on a GPU, about one reference patch on a CPU
+_VOXELS_PER_FORWARD = {"cuda": 1 << 23, "cpu": 1 << 21}
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CovtransferError("--device cuda: no CUDA device is available (use --device cpu)")
+    return device
+
+
+def default_windows_per_batch(patch_size: Sequence[int], device: torch.device) -> int:
+    """How many windows one forward pass takes: enough to keep the device busy, few enough to bound memory."""
+    budget = _VOXELS_PER_FORWARD["cuda" if device.type == "cuda" else "cpu"]
+    return int(min(16, max(1, budget // math.prod(int(p) for p in patch_size))))
+
+
+def _base_module(model: nn.Module) -> nn.Module:
+    """The plain network under DDP (``.module``) or torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _num_classes(model: nn.Module, task: str | None) -> int:
+    heads = getattr(_base_module(model), "heads", None)
+    if heads is None:
+        raise ValueError("num_classes must be given for a model without covtransfer segmentation heads")
+    head_set = heads[heads.resolve_task(task)] if hasattr(heads, "resolve_task") else heads[task]
+    return int(head_set[0].out_channels)
+
+
+@contextlib.contextmanager
+def _inference_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and deep supervision off for the duration, restored afterwards (the trainer's model is live)."""
+    base = _base_module(model)
+    was_training = model.training
+    supervision = getattr(base, "deep_supervision", None)
+    model.eval()
+    if supervision is not None:
+        base.deep_supervision = False
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if supervision is not None:
+            base.deep_supervision = supervision
+
+
+def predict_logits(model: nn.Module, data: np.ndarray | torch.Tensor, patch_size: Sequence[int],
+                   num_classes: int | None = None, task: str | None = None,
+                   device: torch.device | str | None = None, mirror_axes: Sequence[int] = (),
+                   step: float = 0.5, windows_per_batch: int | None = None) -> torch.Tensor:
+    """Sliding-window logits ``(K, Z, Y, X)`` float32 of a preprocessed ``(C, Z, Y, X)`` volume, on ``device``.
+
+    ``device`` defaults to that of the model's parameters; on CUDA the forward runs under bf16 autocast.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    if num_classes is None:
+        num_classes = _num_classes(model, task)
+    volume = torch.as_tensor(data).to(device=device, dtype=torch.float32)
+    if windows_per_batch is None:
+        windows_per_batch = default_windows_per_batch(patch_size, device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    with _inference_mode(model):
+        return predict_sliding_window(model, volume, patch_size, num_classes, step=step, mirror_axes=mirror_axes,
+                                      windows_per_batch=windows_per_batch, task=task, autocast_dtype=autocast)
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (0), in place, to save one full-volume copy."""
+    logits.sub_(logits.max(0, keepdim=True).values)
+    logits.exp_()
+    logits.div_(logits.sum(0, keepdim=True))
+    return logits
+
+
+def _configuration_of(configuration: Configuration | dict) -> tuple[Configuration, tuple[int, ...] | None]:
+    """A Configuration from a Configuration, its dict, or a checkpoint-like dict; plus the dict's mirror axes."""
+    if isinstance(configuration, Configuration):
+        return configuration, None
+    axes = configuration.get("mirror_axes")
+    axes = tuple(int(a) for a in axes) if axes is not None else None
+    if "plans" in configuration and "configuration_name" in configuration:
+        plans = configuration["plans"]
+        plans = plans if isinstance(plans, Plans) else Plans.from_dict(plans)
+        return plans.configuration(configuration["configuration_name"]), axes
+    return Configuration.from_dict(configuration), axes
+
+
+def predict_preprocessed(model: nn.Module, data: np.ndarray | torch.Tensor, configuration: Configuration | dict,
+                         task: str | None = None, device: torch.device | str | None = None, tta: bool = True,
+                         step: float = 0.5, mirror_axes: Sequence[int] | None = None,
+                         num_classes: int | None = None) -> torch.Tensor:
+    """Softmax probabilities ``(K, Z, Y, X)`` float32 of a preprocessed volume, for the trainer's final validation.
+
+    ``configuration`` is the plans' Configuration (its patch size is used), its dict, or a checkpoint-like dict
+    (``plans`` + ``configuration_name``, optionally ``mirror_axes``). Mirroring uses ``mirror_axes`` (default: the
+    dict's, else all three axes) when ``tta`` is on. Export with :func:`export.segmentation_to_original`.
+    """
+    config, dict_axes = _configuration_of(configuration)
+    if mirror_axes is None:
+        mirror_axes = dict_axes if dict_axes is not None else (0, 1, 2)
+    logits = predict_logits(model, data, config.patch_size, num_classes, task, device,
+                            tuple(mirror_axes) if tta else (), step)
+    return softmax_(logits)
+
+
+def ensemble_probabilities(models: Sequence[LoadedModel], data: np.ndarray | torch.Tensor, device: torch.device,
+                           tta: bool = True, step: float = 0.5) -> torch.Tensor:
+    """Mean softmax probabilities of every model (fold) for one preprocessed volume."""
+    volume = torch.as_tensor(data).to(device=device, dtype=torch.float32)
+    total = None
+    for model in models:
+        probabilities = softmax_(predict_logits(model.network, volume, model.configuration.patch_size,
+                                                model.num_classes, model.task, device,
+                                                model.mirror_axes if tta else (), step))
+        if total is None:
+            total = probabilities
+        else:
+            total += probabilities
+            del probabilities
+    if len(models) > 1:
+        total /= len(models)
+    return total
+
+
+def find_postprocessing(models: Sequence[LoadedModel]) -> dict:
+    """The post-processing rules of the models: ``postprocessing.json`` in the run folder (one model) or above it."""
+    folders = [models[0].run_folder] if len(models) == 1 else []
+    parents = {m.run_folder.parent for m in models}
+    folders += sorted(parents)
+    for folder in folders:
+        path = folder / POSTPROCESSING_FILE
+        if path.is_file():
+            return load_postprocessing(path)
+    raise CovtransferError(f"{folders[-1] / POSTPROCESSING_FILE}: not found; run covtransfer_determine_postprocessing "
+                           "on the validation predictions first (or leave out --postprocess)")
+
+
+@dataclass
+class CaseResult:
+    """A predicted case on the input grid: the label map, optionally probabilities, and the preprocessing record."""
+
+    segmentation: np.ndarray
+    probabilities: np.ndarray | None
+    properties: dict
+
+
+class Predictor:
+    """Predicts cases with an ensemble of loaded models; see the module docstring for the per-case steps."""
+
+    def __init__(self, models: Sequence[LoadedModel], device: torch.device | str = "auto", tta: bool = True,
+                 step: float = 0.5, save_probabilities: bool = False, postprocessing: dict | None = None):
+        if not models:
+            raise CovtransferError("no models to predict with")
+        if not 0 < step <= 1:
+            raise CovtransferError(f"--step {step}: must lie in (0, 1]")
+        self.models = list(models)
+        self.device = resolve_device(device)
+        for model in self.models:
+            model.network.to(self.device)
+        self.tta = tta
+        self.step = step
+        self.save_probabilities = save_probabilities
+        self.postprocessing = postprocessing
+        first = self.models[0]
+        self.plans, self.configuration_name = first.plans, first.configuration_name
+        self.preprocessor = CasePreprocessor(first.plans, first.configuration_name)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def num_input_channels(self) -> int:
+        return self.models[0].num_input_channels
+
+    def preprocess(self, case: InputCase) -> tuple[np.ndarray, dict]:
+        """Read and preprocess one case's channel files."""
+        data, _, properties = self.preprocessor.run_files(case.images, None, case.case_id)
+        return data, properties
+
+    def predict_volume(self, data: np.ndarray, properties: dict) -> CaseResult:
+        """Label map (and probabilities when asked) on the input grid of a preprocessed case."""
+        probabilities = ensemble_probabilities(self.models, data, self.device, self.tta, self.step)
+        label_values = self.models[0].label_values
+        full = None
+        if self.save_probabilities:
+            full = probabilities_to_original(probabilities, properties, self.plans, self.configuration_name)
+            seg = labels_from_probabilities(full, label_values)
+            full = full.to(device="cpu", dtype=torch.float16).numpy()
+        else:
+            seg = segmentation_to_original(probabilities, properties, self.plans, self.configuration_name,
+                                           label_values)
+        del probabilities
+        if self.postprocessing is not None:
+            seg = apply_postprocessing(seg, self.postprocessing)
+        return CaseResult(seg, full, properties)
+
+    def predict_case(self, case: InputCase) -> CaseResult:
+        """Read, preprocess and predict one case."""
+        return self.predict_volume(*self.preprocess(case))
+
+    @staticmethod
+    def write(result: CaseResult, output_folder: Path, case: InputCase) -> None:
+        """Write the label map (and ``<case>.npz`` probabilities) atomically; probabilities first, so that an
+        existing label map means a complete case for ``--continue``."""
+        if result.probabilities is not None:
+            with atomic_path(output_folder / f"{case.case_id}.npz") as tmp:
+                np.savez_compressed(tmp, probabilities=result.probabilities)
+        save_segmentation(output_folder / case.output_name(), result.segmentation, result.properties)
+
+    def _outputs_exist(self, case: InputCase, output_folder: Path) -> bool:
+        done = (output_folder / case.output_name()).is_file()
+        if self.save_probabilities:
+            done = done and (output_folder / f"{case.case_id}.npz").is_file()
+        return done
+
+    def predict_cases(self, cases: Sequence[InputCase], output_folder: str | os.PathLike,
+                      skip_existing: bool = False, progress: bool = True) -> list[Path]:
+        """Predict and write every case (skipping finished ones with ``skip_existing``); returns the files written.
+
+        Inputs are checked first (channel count, readable headers) so a bad input stops the run before any output.
+        """
+        output_folder = Path(output_folder)
+        if output_folder.resolve() in input_folders(list(cases)):
+            raise CovtransferError(f"{output_folder}: the output folder is the input folder; choose another so "
+                                   "inputs are never overwritten")
+        check_cases(list(cases), self.num_input_channels)
+        todo = [c for c in cases if not (skip_existing and self._outputs_exist(c, output_folder))]
+        prefetch = self.device.type == "cuda"
+        written: list[Path] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="write") as writer, \
+                tqdm(total=len(todo), unit="case", disable=not progress, desc="predicting") as bar:
+            reads: dict[int, Future] = {}
+            writes: list[Future] = []
+            try:
+                for index, case in enumerate(todo):
+                    if index not in reads:
+                        reads[index] = reader.submit(self.preprocess, case)
+                    if prefetch and index + 1 < len(todo):
+                        reads[index + 1] = reader.submit(self.preprocess, todo[index + 1])
+                    data, properties = reads.pop(index).result()
+                    result = self.predict_volume(data, properties)
+                    del data
+                    if writes:
+                        writes[-1].result()
+                    writes.append(writer.submit(self.write, result, output_folder, case))
+                    written.append(output_folder / case.output_name())
+                    bar.update(1)
+                for future in writes:
+                    future.result()
+            except BaseException:
+                reader.shutdown(wait=True, cancel_futures=True)
+                writer.shutdown(wait=True, cancel_futures=True)
+                raise
+        return written
+
+
+def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLike,
+                   checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "auto", tta: bool = True,
+                   step: float = 0.5, save_probabilities: bool = False, postprocess: bool = False,
+                   skip_existing: bool = False, progress: bool = True) -> list[Path]:
+    """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``."""
+    cases = discover_cases(input_path)
+    device = resolve_device(device)
+    models = load_models(checkpoints, device)
+    rules = find_postprocessing(models) if postprocess else None
+    predictor = Predictor(models, device, tta, step, save_probabilities, rules)
+    return predictor.predict_cases(cases, output_folder, skip_existing, progress)

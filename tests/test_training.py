@@ -1,0 +1,387 @@
+"""The training engine on tiny blob datasets (cpu preset): splits, a run whose loss falls, its outputs and
+checkpoints, exact resumption after a SIGKILL, refusals that leave nothing behind, NaN handling, and the CLI."""
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import covtransfer.preprocessing.pipeline as preprocessing_pipeline
+from covtransfer.cli.common import run_cli
+from covtransfer.cli.train import main
+from covtransfer.config import Roots
+from covtransfer.data.image_io import read_image
+from covtransfer.errors import CovtransferError
+from covtransfer.network.build import build_from_checkpoint
+from covtransfer.plans import Plans
+from covtransfer.training.api import fold_folder, read_metrics, train
+from covtransfer.training.checkpoint import load_checkpoint
+from covtransfer.training.run_log import RunLog
+from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
+from covtransfer.training.strategies import make_strategy
+from covtransfer.training.trainer import Trainer, TrainingSettings, poly_lr
+from tiny_data import preprocessed_roots, write_raw_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "Dataset001_Blob"
+METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "ema_dice", "lr", "epoch_time"}
+
+
+def tiny_roots(base: Path, datasets: dict) -> Roots:
+    """``tiny_data.preprocessed_roots`` with a 1e5-voxel fingerprint sample instead of 1e8 (seconds, not tens)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preprocessing_pipeline, "compute_fingerprint",
+                      functools.partial(preprocessing_pipeline.compute_fingerprint, voxel_budget=10 ** 5))
+        return preprocessed_roots(base, datasets)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """Six 16×32×32 blob cases, preprocessed once for the module (fold 0: 4 training, 2 validation cases)."""
+    return tiny_roots(tmp_path_factory.mktemp("data"), {1: ("Blob", 6, 0)})
+
+
+def results_in(roots: Roots, folder: Path) -> Roots:
+    """The module's data with a results root of the test's own."""
+    return Roots(roots.raw, roots.preprocessed, folder)
+
+
+def settings(**changes) -> TrainingSettings:
+    values = dict(epochs=2, iters_per_epoch=2, val_iters=1, save_every=1, device="cpu", final_validation=False)
+    return TrainingSettings(**{**values, **changes})
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Skip drawing progress.png (about a second per epoch); one test checks the real plot."""
+    monkeypatch.setattr(RunLog, "plot", lambda self, history: None)
+
+
+@pytest.fixture(scope="module")
+def full_run(roots, tmp_path_factory):
+    """6 epochs × 3 iterations with final validation; progress.png drawn after the last epoch only."""
+    real_plot = RunLog.plot
+    run_settings = settings(epochs=6, iters_per_epoch=3, val_iters=2, final_validation=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunLog, "plot", lambda self, history: real_plot(self, history)
+                      if len(history) == run_settings.epochs else None)
+        run_roots = results_in(roots, tmp_path_factory.mktemp("full"))
+        folder = train([1], make_strategy("scratch"), 0, run_roots, run_settings)
+    return folder, run_settings
+
+
+# ----------------------------------------------------------------------------------------------------- splits
+def test_make_splits_is_a_seeded_five_fold_partition():
+    cases = [f"case_{i:02d}" for i in range(12)]
+    splits = make_splits(cases, seed=12345)
+    assert len(splits) == 5
+    vals = [set(s["val"]) for s in splits]
+    assert sorted(c for v in vals for c in v) == cases  # every case validated exactly once
+    assert sorted(len(v) for v in vals) == [2, 2, 2, 3, 3]
+    for fold in splits:
+        assert sorted(fold["train"] + fold["val"]) == cases and not set(fold["train"]) & set(fold["val"])
+    assert make_splits(list(reversed(cases)), seed=12345) == splits
+    assert make_splits(cases, seed=1) != splits
+    assert len(make_splits(cases[:3])) == 3
+    assert make_splits(["only"]) == [{"train": ["only"], "val": ["only"]}]
+
+
+def test_splits_are_written_once_and_hand_edits_are_kept(tmp_path):
+    cases = [f"c{i}" for i in range(6)]
+    first = load_or_create_splits(tmp_path, cases)
+    path = tmp_path / "splits.json"
+    assert json.loads(path.read_text()) == first == make_splits(cases)
+    edited = [{"train": cases[:5], "val": cases[5:]}]
+    path.write_text(json.dumps(edited))
+    assert load_or_create_splits(tmp_path, cases) == edited
+    assert json.loads(path.read_text()) == edited
+
+
+def test_dataset_provided_splits_win(tmp_path):
+    cases = [f"c{i}" for i in range(20)]
+    official = [{"train": cases[4 * k:4 * k + 4], "val": [c for c in cases if c not in cases[4 * k:4 * k + 4]],
+                 "test": [c for c in cases if c not in cases[4 * k:4 * k + 4]]} for k in range(5)]
+    (tmp_path / "splits.json").write_text(json.dumps(official))
+    splits = load_or_create_splits(tmp_path, cases)
+    assert splits == official
+    assert fold_cases(splits, 2, cases) == (cases[8:12], [c for c in cases if c not in cases[8:12]])
+
+
+def test_fold_all_and_unknown_folds():
+    cases = ["b", "a", "c"]
+    splits = make_splits(cases)
+    assert fold_cases(splits, "all", cases) == (["a", "b", "c"], ["a", "b", "c"])
+    assert fold_cases(splits, "1", cases) == (splits[1]["train"], splits[1]["val"])
+    with pytest.raises(CovtransferError, match=r"unknown fold 3: splits.json has folds 0\.\.2"):
+        fold_cases(splits, 3, cases)
+    with pytest.raises(CovtransferError, match="unknown fold 'x'.*'all'"):
+        fold_cases(splits, "x", cases)
+
+
+def test_broken_splits_files_are_refused(tmp_path):
+    path = tmp_path / "splits.json"
+    path.write_text("{not json")
+    with pytest.raises(CovtransferError, match="splits.json: not valid JSON"):
+        load_or_create_splits(tmp_path, ["a", "b"])
+    path.write_text(json.dumps({"train": ["a"]}))
+    with pytest.raises(CovtransferError, match="expected a list"):
+        load_or_create_splits(tmp_path, ["a", "b"])
+    path.write_text(json.dumps([{"train": ["a"], "val": ["zz"]}]))
+    with pytest.raises(CovtransferError, match="not preprocessed: zz"):
+        load_or_create_splits(tmp_path, ["a", "b"])
+
+
+def test_training_uses_the_dataset_splits_file(roots, tmp_path):
+    preprocessed = tmp_path / "preprocessed"
+    shutil.copytree(roots.preprocessed / DATASET, preprocessed / DATASET)
+    one_fold = [{"train": ["blob_tr000", "blob_tr001"], "val": ["blob_tr002"]}]
+    (preprocessed / DATASET / "splits.json").write_text(json.dumps(one_fold))
+    copy = Roots(roots.raw, preprocessed, tmp_path / "results")
+    with pytest.raises(CovtransferError, match=r"splits.json has folds 0\.\.0"):
+        train([1], make_strategy("scratch"), 1, copy, settings())
+    assert json.loads((preprocessed / DATASET / "splits.json").read_text()) == one_fold
+    assert not copy.results.exists()
+
+
+# ----------------------------------------------------------------------------------------------------- a run
+def test_loss_falls(full_run):
+    folder, _ = full_run
+    losses = [r["train_loss"] for r in read_metrics(folder)]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1  # about 0.2 lower after 18 steps
+    assert losses[-1] < losses[0]
+
+
+def test_run_outputs(full_run, roots):
+    folder, run_settings = full_run
+    assert folder.relative_to(folder.parents[2]) == Path(DATASET, "scratch", "fold_0")
+    records = read_metrics(folder)
+    assert [r["epoch"] for r in records] == list(range(run_settings.epochs))
+    ema = None
+    for r in records:
+        assert set(r) == METRIC_KEYS
+        assert r["lr"] == pytest.approx(poly_lr(1e-2, r["epoch"], run_settings.epochs, 0.9))
+        assert 0 <= r["val_dice"] <= 1 and r["epoch_time"] > 0 and np.isfinite(r["val_loss"])
+        ema = r["val_dice"] if ema is None else 0.9 * ema + 0.1 * r["val_dice"]
+        assert r["ema_dice"] == pytest.approx(ema)
+    log = (folder / "training_log.txt").read_text()
+    assert all(f"epoch {k}: train loss" in log for k in range(run_settings.epochs))
+    assert "validation of the fold's cases" in log
+    png = (folder / "progress.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (folder / "checkpoint_final.pt").is_file() and (folder / "checkpoint_best.pt").is_file()
+    assert not (folder / "checkpoint_latest.pt").exists()  # written every epoch, removed at the end
+    assert not (folder / "load_report.json").exists()  # scratch loads nothing
+    assert Plans.load(folder.parent / "plans.json").to_dict() == Plans.load(
+        roots.preprocessed / DATASET / "plans.json").to_dict()
+    assert (folder.parent / "dataset.json").is_file()
+
+
+def test_final_validation_scores_each_validation_case(full_run, roots):
+    folder, _ = full_run
+    val_ids = json.loads((roots.preprocessed / DATASET / "splits.json").read_text())[0]["val"]
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    rows = summary["per_case"]
+    assert sorted({row["case"] for row in rows}) == sorted(val_ids) and len(rows) == len(val_ids)
+    for row in rows:
+        assert row["label"] == 1 and 0 <= row["dice"] <= 1 and row["n_ref"] > 0
+    assert summary["mean"]["1"]["dice"] == pytest.approx(np.mean([row["dice"] for row in rows]))
+    for case in val_ids:
+        prediction, geometry = read_image(folder / "validation" / f"{case}.nii.gz")
+        reference, reference_geometry = read_image(roots.raw / DATASET / "labelsTr" / f"{case}.nii.gz")
+        assert prediction.shape == reference.shape and geometry.matches(reference_geometry)
+        assert set(np.unique(prediction)) <= {0, 1}
+
+
+def test_checkpoint_is_safe_to_load_and_self_describing(full_run, roots):
+    folder, run_settings = full_run
+    path = folder / "checkpoint_final.pt"
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["format"] == "covtransfer-checkpoint" and raw["version"] == 1
+    plans = Plans.load(roots.preprocessed / DATASET / "plans.json")
+    assert raw["plans"] == plans.to_dict() and raw["configuration_name"] == "3d_fullres"
+    assert raw["network"] == {"kind": "unet", "num_input_channels": 1, "heads": {DATASET: 2},
+                              "configuration": plans.configuration("3d_fullres").to_dict()}
+    assert raw["strategy"] == {"name": "scratch"}
+    assert raw["labels"] == {"background": 0, "lesion": 1} and raw["predict_head"] == DATASET
+    assert raw["dataset_name"] == DATASET and raw["mirror_axes"] == [0, 1, 2]
+    assert raw["epoch"] == len(raw["history"]) == run_settings.epochs
+    assert raw["settings"] == {**raw["settings"], "epochs": 6, "iters_per_epoch": 3, "lr": 1e-2, "seed": 12345}
+    assert raw["optimizer"]["state"] and raw["rng"]["seed"] == 12345
+    network = build_from_checkpoint(raw)
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in raw["state_dict"].items())
+    with torch.no_grad():
+        logits = network.eval()(torch.zeros(1, 1, 16, 32, 32))
+    assert logits.shape == (1, 2, 16, 32, 32)
+    best = load_checkpoint(folder / "checkpoint_best.pt")
+    assert best["ema"] == best["best_ema"] == max(r["ema_dice"] for r in best["history"])
+
+
+def test_a_second_run_without_continue_is_refused(full_run, roots):
+    folder, _ = full_run
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(CovtransferError, match="already holds checkpoints; use --continue"):
+        train([1], make_strategy("scratch"), 0, results_in(roots, folder.parents[2]), settings())
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+# ----------------------------------------------------------------------------------------------------- resume
+def _cli_args(epochs: int) -> list[str]:
+    return ["-d", "1", "-t", "scratch", "-f", "0", "--epochs", str(epochs), "--iters-per-epoch", "2",
+            "--val-iters", "1", "--save-every", "1", "--device", "cpu", "--no-final-validation"]
+
+
+def _kill_after(command: list[str], env: dict, metrics: Path, records: int, log: Path) -> int:
+    """Start ``command``, SIGKILL it once ``metrics`` holds ``records`` lines; its exit status (-9 when killed)."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                if metrics.is_file() and len(metrics.read_text().splitlines()) >= records:
+                    os.kill(process.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.02)
+        finally:
+            if process.poll() is None and time.monotonic() >= deadline:
+                process.kill()
+            process.wait()
+    return process.returncode
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(roots, tmp_path, no_plots, capsys):
+    epochs = 5
+    flags = ["--preprocessed", str(roots.preprocessed), "--raw", str(roots.raw)]
+    assert main(_cli_args(epochs) + flags + ["--results", str(tmp_path / "a")]) == 0
+    straight = tmp_path / "a" / DATASET / "scratch" / "fold_0"
+
+    interrupted = tmp_path / "b" / DATASET / "scratch" / "fold_0"
+    env = dict(os.environ, COVTRANSFER_RAW=str(roots.raw), COVTRANSFER_PREPROCESSED=str(roots.preprocessed),
+               COVTRANSFER_RESULTS=str(tmp_path / "b"), OMP_NUM_THREADS=str(torch.get_num_threads()),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "covtransfer.cli.train", *_cli_args(epochs)]
+    status = _kill_after(command, env, interrupted / "metrics.jsonl", 2, tmp_path / "killed_run.log")
+    assert status == -signal.SIGKILL, (tmp_path / "killed_run.log").read_text()[-3000:]
+    assert not (interrupted / "checkpoint_final.pt").exists()
+
+    capsys.readouterr()
+    assert main(_cli_args(epochs) + flags + ["--results", str(tmp_path / "b"), "--continue"]) == 0
+    assert f"done: {interrupted}" in capsys.readouterr().out
+    log = (interrupted / "training_log.txt").read_text()
+    resumed_after = int(log.split("resumed from checkpoint_")[1].split("after epoch ")[1].split()[0])
+    assert 1 <= resumed_after < epochs
+
+    a, b = read_metrics(straight), read_metrics(interrupted)
+    assert [r["epoch"] for r in b] == list(range(epochs))  # exactly one record per epoch
+    for ra, rb in zip(a, b):
+        assert {k: ra[k] for k in METRIC_KEYS - {"epoch_time"}} == {k: rb[k] for k in METRIC_KEYS - {"epoch_time"}}
+    final_a = load_checkpoint(straight / "checkpoint_final.pt")
+    final_b = load_checkpoint(interrupted / "checkpoint_final.pt")
+    assert final_a["epoch"] == final_b["epoch"] == epochs
+    assert final_a["state_dict"].keys() == final_b["state_dict"].keys()
+    for name, tensor in final_a["state_dict"].items():
+        assert torch.equal(tensor, final_b["state_dict"][name]), name
+    momentum_a = [s["momentum_buffer"] for s in final_a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in final_b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
+
+
+# ----------------------------------------------------------------------------------------------------- refusals
+def test_refuses_a_dataset_that_is_not_preprocessed(tmp_path):
+    own = Roots(tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results")
+    write_raw_dataset(own.raw, 7, "Raw", n_train=2)
+    with pytest.raises(CovtransferError, match=r"no dataset with id 7.*covtransfer_plan_and_preprocess -d 7"):
+        train([7], make_strategy("scratch"), 0, own, settings())
+    (own.preprocessed / "Dataset008_Planned").mkdir(parents=True)
+    with pytest.raises(CovtransferError, match=r"not preprocessed \(run covtransfer_plan_and_preprocess -d 8\)"):
+        train([8], make_strategy("scratch"), 0, own, settings())
+    assert not own.results.exists()
+
+
+def test_refuses_unknown_folds_leaving_nothing(roots, tmp_path):
+    own = results_in(roots, tmp_path / "results")
+    with pytest.raises(CovtransferError, match=r"unknown fold 9: splits.json has folds 0\.\.4"):
+        train([1], make_strategy("scratch"), 9, own, settings())
+    with pytest.raises(CovtransferError, match="unknown fold 'last'"):
+        train([1], make_strategy("scratch"), "last", own, settings())
+    assert not own.results.exists()
+
+
+def test_continue_without_a_checkpoint_is_refused(roots, tmp_path):
+    own = results_in(roots, tmp_path / "results")
+    with pytest.raises(CovtransferError, match="nothing to continue.*without --continue"):
+        train([1], make_strategy("scratch"), 0, own, settings(), resume=True)
+    assert not fold_folder(own, [DATASET], "scratch", 0).exists()
+    assert not any(own.results.rglob("*")) if own.results.exists() else True
+
+
+def test_strategy_and_dataset_refusals(roots, tmp_path):
+    own = results_in(roots, tmp_path / "results")
+    with pytest.raises(CovtransferError, match="needs --pretrained"):
+        train([1], make_strategy("continual"), 0, own, settings())
+    with pytest.raises(CovtransferError, match="does not use --pretrained"):
+        train([1], make_strategy("scratch"), 0, own, settings(), pretrained=tmp_path)
+    with pytest.raises(CovtransferError, match="several datasets need -t pretrain"):
+        train([1, 1], make_strategy("scratch"), 0, own, settings())
+    with pytest.raises(CovtransferError, match="--device cuda: no CUDA") if not torch.cuda.is_available() \
+            else pytest.raises(CovtransferError, match="--device 'tpu'"):
+        train([1], make_strategy("scratch"), 0, own, settings(device="tpu" if torch.cuda.is_available() else "cuda"))
+    assert not own.results.exists()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(roots, tmp_path, monkeypatch, no_plots):
+    real_run_epoch = Trainer._run_epoch
+
+    def run_epoch(self, *args):
+        if self.state.epoch == 2:  # from the third epoch on, every loss is NaN
+            self.loss = lambda outputs, targets: outputs[0].float().sum() * float("nan")
+        return real_run_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", run_epoch)
+    own = results_in(roots, tmp_path / "results")
+    with pytest.raises(CovtransferError, match="loss became NaN/Inf in epoch 2.*last good checkpoint is kept"):
+        train([1], make_strategy("scratch"), 0, own, settings(epochs=4, iters_per_epoch=1))
+    folder = fold_folder(own, [DATASET], "scratch", 0)
+    latest = load_checkpoint(folder / "checkpoint_latest.pt")
+    assert latest["epoch"] == 2 and len(latest["history"]) == 2
+    assert all(torch.isfinite(t).all() for t in latest["state_dict"].values() if t.is_floating_point())
+    assert [r["epoch"] for r in read_metrics(folder)] == [0, 1]
+    assert not (folder / "checkpoint_final.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def test_cli_trains_a_fold(roots, tmp_path, capsys, no_plots):
+    results = tmp_path / "results"
+    code = main(["-d", DATASET, "-f", "all", "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1",
+                 "--device", "cpu", "--no-final-validation", "--seed", "3", "--preprocessed",
+                 str(roots.preprocessed), "--results", str(results)])
+    assert code == 0
+    folder = results / DATASET / "scratch" / "fold_all"
+    assert f"done: {folder}" in capsys.readouterr().out
+    checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
+    assert checkpoint["settings"]["seed"] == 3 and checkpoint["settings"]["iters_per_epoch"] == 1
+    assert checkpoint["epoch"] == 1 and len(read_metrics(folder)) == 1
+
+
+def test_cli_errors(roots, tmp_path, capsys):
+    flags = ["--preprocessed", str(roots.preprocessed), "--results", str(tmp_path / "results"), "--device", "cpu"]
+    with pytest.raises(CovtransferError, match="unknown fold 12"):
+        main(["-d", "1", "-f", "12", *flags])
+    assert run_cli(main, ["-d", "1", "-f", "12", *flags]) == 1
+    assert capsys.readouterr().err.startswith("error: unknown fold 12")
+    assert run_cli(main, ["-d", "1", "--continue", *flags]) == 1
+    assert "nothing to continue" in capsys.readouterr().err
+    assert run_cli(main, ["-d", "1", "-t", "finetune", "--freeze", "decoder", *flags]) == 1
+    assert "--freeze 'decoder'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["-d", "1", "-t", "nonsense", *flags])
+    assert not (tmp_path / "results").exists()

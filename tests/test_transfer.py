@@ -1,0 +1,456 @@
+"""Transfer learning: multi-lesion pre-training, the five strategies from its checkpoint, load reports, frozen and
+scaled parameters, save/load/predict round trips, refusals that leave no results folder, and the CLI.
+
+Selective Fusion maths (V = α·F_D + β·F_A, α + β = 1, no batch statistics) and the hybrid's forward/backward shapes
+on an anisotropic plan are tested in tests/test_network.py (test_fusion_*, test_hybrid_*); not repeated here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covtransfer.cli import train as train_cli
+from covtransfer.cli.common import run_cli
+from covtransfer.config import Roots
+from covtransfer.data.image_io import read_image
+from covtransfer.errors import CovtransferError
+from covtransfer.inference.model_loading import load_model
+from covtransfer.inference.predictor import predict_folder, predict_logits
+from covtransfer.inference.sliding_window import predict_sliding_window
+from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.hybrid import HybridUNet
+from covtransfer.network.unet import UNet
+from covtransfer.planning.fingerprint import compute_fingerprint
+from covtransfer.plans import Plans
+from covtransfer.preprocessing import pipeline
+from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.preprocessing.storage import load_case
+from covtransfer.training.api import train
+from covtransfer.training.batch_stream import BatchStream
+from covtransfer.training.checkpoint import load_checkpoint, save_checkpoint
+from covtransfer.training.strategies import make_strategy
+from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
+from tiny_data import preprocessed_roots, write_raw_dataset
+
+TARGET, SRC1, SRC2, OTHER = 1, 2, 3, 4
+TARGET_NAME, SRC1_NAME, SRC2_NAME, OTHER_NAME = ("Dataset001_Covid", "Dataset002_Tumour", "Dataset003_Effusion",
+                                                 "Dataset004_Other")
+CONFIG = "3d_fullres"
+TRANSFER = ("continual", "finetune", "encoder", "hybrid")
+FINGERPRINT_SAMPLES = 20_000  # nnU-Net's 1e8 foreground samples cost ~15 s per tiny dataset on a loaded machine
+
+
+def settings(epochs: int = 1, iters: int = 1, val_iters: int = 0, **extra) -> TrainingSettings:
+    """Seconds-long runs on the CPU; no final validation unless asked."""
+    options = {"device": "cpu", "save_every": 1000, "final_validation": False, "validation_tta": False, **extra}
+    return TrainingSettings(epochs=epochs, iters_per_epoch=iters, val_iters=val_iters, **options)
+
+
+def results_tree(roots: Roots) -> list[str]:
+    return sorted(str(p.relative_to(roots.results)) for p in roots.results.rglob("*")) \
+        if roots.results.is_dir() else []
+
+
+def names(state: dict, prefix: str) -> list[str]:
+    return sorted(n for n in state if n.startswith(prefix + "."))
+
+
+def task_of(roots: Roots, dataset: str) -> TrainingTask:
+    """The dataset's fold-0 (target) or all-cases (sources) task, as the training API would build it."""
+    folder = roots.preprocessed / dataset
+    plans = Plans.load(folder / "plans.json")
+    cases = sorted(p.stem for p in (folder / plans.configuration(CONFIG).data_identifier).glob("*.json"))
+    return TrainingTask(dataset, folder, plans, cases, cases)
+
+
+def random_batch(plans: Plans, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    patch = plans.configuration(CONFIG).patch_size
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(2, 1, *patch, generator=generator)
+    return images, (images > 0.5).long()
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> Roots:
+    """A target, two sources with the target's plans, and a dataset planned on its own (other topology)."""
+    base = tmp_path_factory.mktemp("transfer")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "compute_fingerprint",
+                      functools.partial(compute_fingerprint, voxel_budget=FINGERPRINT_SAMPLES))
+        roots = preprocessed_roots(base, {TARGET: ("Covid", 4, 1), SRC1: ("Tumour", 2, 0), SRC2: ("Effusion", 2, 0)},
+                                   plans_from=TARGET)
+        write_raw_dataset(roots.raw, OTHER, "Other", 2, seed=OTHER, shape=(12, 40, 24))
+        plan_and_preprocess([OTHER], roots, preset="cpu", num_processes=1)
+    return roots
+
+
+@pytest.fixture(scope="module")
+def pretrained(roots) -> Path:
+    """The multi-lesion model: 2 epochs × 2 iterations on both sources, with final validation of each source."""
+    return train([SRC1, SRC2], make_strategy("pretrain"), "all", roots,
+                 settings(epochs=2, iters=2, val_iters=1, final_validation=True))
+
+
+@pytest.fixture(scope="module")
+def source(pretrained) -> dict:
+    return load_checkpoint(pretrained / "checkpoint_final.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(roots, pretrained) -> dict[str, Path]:
+    """One iteration of every strategy on the target's fold 0, transfer strategies from the multi-lesion model."""
+    return {name: train([TARGET], make_strategy(name), 0, roots, settings(),
+                        pretrained=None if name == "scratch" else pretrained)
+            for name in ("scratch", *TRANSFER)}
+
+
+# ------------------------------------------------------------------------------------------- pre-training
+def test_pretrain_writes_one_run_with_a_head_set_per_source(roots, pretrained, source):
+    assert pretrained == roots.results / f"Pretrain__{SRC1_NAME}__{SRC2_NAME}" / "pretrain" / "fold_all"
+    assert (pretrained / "checkpoint_final.pt").is_file()
+    assert source["network"]["heads"] == {SRC1_NAME: 2, SRC2_NAME: 2}
+    assert source["tasks"] == [SRC1_NAME, SRC2_NAME] and source["strategy"] == {"name": "pretrain"}
+    state = source["state_dict"]
+    assert names(state, f"heads.{SRC1_NAME}") and len(names(state, f"heads.{SRC1_NAME}")) == \
+        len(names(state, f"heads.{SRC2_NAME}"))
+    assert {n.split(".")[0] for n in state} == {"encoder", "decoder", "heads"}
+    target_plans = Plans.load(roots.preprocessed / TARGET_NAME / "plans.json")
+    assert Plans.from_dict(source["plans"]).configuration(CONFIG).to_dict() == \
+        target_plans.configuration(CONFIG).to_dict()
+    assert source["epoch"] == 2 and len(source["history"]) == 2
+    for name in (SRC1_NAME, SRC2_NAME):
+        assert (pretrained / "validation" / name / "summary.json").is_file()
+
+
+def test_a_batch_of_one_source_gives_no_gradient_to_the_other_sources_heads(source):
+    network = build_from_checkpoint(source, deep_supervision=True)
+    images, _ = random_batch(Plans.from_dict(source["plans"]))
+    outputs = network(images, task=SRC2_NAME)
+    sum(o.square().mean() for o in outputs).backward()
+    grads = dict(network.named_parameters())
+    for name in names(grads, f"heads.{SRC1_NAME}"):
+        assert grads[name].grad is None or torch.count_nonzero(grads[name].grad) == 0, name
+    for name in names(grads, f"heads.{SRC2_NAME}") + names(grads, "encoder"):
+        assert grads[name].grad is not None and torch.count_nonzero(grads[name].grad) > 0, name
+
+
+def test_a_training_step_on_one_source_leaves_the_other_sources_heads_unchanged(roots, tmp_path):
+    tasks = [task_of(roots, SRC1_NAME), task_of(roots, SRC2_NAME)]
+    trainer = Trainer(tasks, CONFIG, make_strategy("pretrain"), tmp_path, settings())
+    for step, task in enumerate((SRC1_NAME, SRC2_NAME, SRC2_NAME)):
+        before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+        trainer.train_step(*random_batch(tasks[0].plans, seed=step), task)
+        after = trainer.network.state_dict()
+        other = SRC2_NAME if task == SRC1_NAME else SRC1_NAME
+        assert all(torch.equal(before[n], after[n]) for n in names(after, f"heads.{other}"))
+        assert not all(torch.equal(before[n], after[n]) for n in names(after, f"heads.{task}"))
+    batch = {"images": torch.zeros(1), "seg": torch.zeros(1), "source": 1, "index": 0}
+    assert trainer._to_device(batch)[2] == SRC2_NAME
+
+
+def source_fractions(stream: BatchStream, n: int = 4000) -> np.ndarray:
+    sources = np.array([stream.source_of(i) for i in range(n)])
+    return np.bincount(sources, minlength=len(stream.samplers)) / n
+
+
+def test_batch_stream_balances_sources_and_source_weights_skew_it():
+    equal = BatchStream([object(), object()], [1, 1], seed=7, stream=0)
+    np.testing.assert_allclose(source_fractions(equal), [0.5, 0.5], atol=0.03)
+    skewed = BatchStream([object(), object()], [3, 1], seed=7, stream=0)
+    np.testing.assert_allclose(source_fractions(skewed), [0.75, 0.25], atol=0.03)
+    three = BatchStream([object()] * 3, [1, 1, 2], seed=7, stream=0)
+    np.testing.assert_allclose(source_fractions(three), [0.25, 0.25, 0.5], atol=0.03)
+    other_rank = BatchStream([object(), object()], [3, 1], seed=7, stream=0, rank=3)
+    assert [skewed.source_of(i) for i in range(200)] == [other_rank.source_of(i) for i in range(200)]
+    consecutive = [equal.source_of(i) for i in range(200)]
+    assert 0 < sum(consecutive) < 200 and consecutive != sorted(consecutive)
+
+
+def test_source_weights_flag_reaches_the_trainers_batch_stream(roots, tmp_path):
+    args = train_cli.build_parser().parse_args(["-d", "2", "3", "-t", "pretrain", "--source-weights", "3", "1"])
+    assert args.source_weights == [3.0, 1.0]
+    tasks = [task_of(roots, SRC1_NAME), task_of(roots, SRC2_NAME)]
+    trainer = Trainer(tasks, CONFIG, make_strategy("pretrain"), tmp_path, settings(source_weights=args.source_weights))
+    train_stream, _ = trainer._streams()
+    np.testing.assert_allclose(source_fractions(train_stream), [0.75, 0.25], atol=0.03)
+
+
+def test_pretraining_on_datasets_with_different_plans_is_refused(roots):
+    before = results_tree(roots)
+    with pytest.raises(CovtransferError, match="different plans.*--plans-from") as error:
+        train([SRC1, OTHER], make_strategy("pretrain"), "all", roots, settings())
+    assert "\n" not in str(error.value) and results_tree(roots) == before
+
+
+# ------------------------------------------------------------------------------------------- strategies
+def target_trainer(roots: Roots, strategy, checkpoint: dict | None, folder: Path) -> Trainer:
+    return Trainer([task_of(roots, TARGET_NAME)], CONFIG, strategy, folder, settings(), checkpoint, "pretrained.pt")
+
+
+def optimised(trainer: Trainer) -> set[int]:
+    return {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+
+
+def test_continual_loads_encoder_and_decoder_and_trains_everything(roots, source, tmp_path):
+    trainer = target_trainer(roots, make_strategy("continual"), source, tmp_path)
+    state, pre = trainer.network.state_dict(), source["state_dict"]
+    loaded = sorted(names(pre, "encoder") + names(pre, "decoder"))
+    assert all(torch.equal(state[n], pre[n]) for n in loaded)
+    assert sorted(trainer.load_report.loaded) == loaded
+    assert sorted(trainer.load_report.skipped) == names(pre, "heads")
+    assert trainer.load_report.missing == names(state, f"heads.{TARGET_NAME}")
+    assert optimised(trainer) == {id(p) for p in trainer.network.parameters()}
+
+
+def test_pretrained_encoder_loads_only_the_encoder(roots, source, tmp_path):
+    trainer = target_trainer(roots, make_strategy("encoder"), source, tmp_path)
+    state, pre = trainer.network.state_dict(), source["state_dict"]
+    assert all(torch.equal(state[n], pre[n]) for n in names(pre, "encoder"))
+    decoder_convs = [n for n in names(pre, "decoder") if n.endswith("weight") and pre[n].ndim == 5]
+    assert decoder_convs and not any(torch.equal(state[n], pre[n]) for n in decoder_convs)
+    assert sorted(trainer.load_report.loaded) == names(pre, "encoder")
+    assert sorted(trainer.load_report.skipped) == names(pre, "decoder") + names(pre, "heads")
+    assert optimised(trainer) == {id(p) for p in trainer.network.parameters()}
+
+
+@pytest.mark.parametrize("freeze, frozen_prefix", [(None, "encoder."), ("encoder:1", "encoder.stages.0.")])
+def test_finetune_freezes_the_encoder_and_keeps_it_bit_identical(roots, source, tmp_path, freeze, frozen_prefix):
+    trainer = target_trainer(roots, make_strategy("finetune", freeze), source, tmp_path)
+    params = dict(trainer.network.named_parameters())
+    frozen = {n for n in params if n.startswith(frozen_prefix)}
+    assert frozen and all(not params[n].requires_grad for n in frozen)
+    assert optimised(trainer) == {id(p) for n, p in params.items() if n not in frozen}
+    if freeze:
+        assert any(n.startswith("encoder.stages.1.") for n in params if n not in frozen)
+    for step in range(3):
+        trainer.train_step(*random_batch(trainer.plans, seed=step), TARGET_NAME)
+    pre = source["state_dict"]
+    assert all(torch.equal(params[n].detach(), pre[n]) for n in frozen)
+    trained = [n for n in names(pre, "encoder") + names(pre, "decoder") if n not in frozen]
+    assert not all(torch.equal(params[n].detach(), pre[n]) for n in trained)
+
+
+def test_hybrid_adapts_the_pretrained_encoder_at_a_reduced_rate_beside_a_random_dedicated_one(roots, source,
+                                                                                            tmp_path):
+    trainer = target_trainer(roots, make_strategy("hybrid"), source, tmp_path)
+    assert isinstance(trainer.network, HybridUNet)
+    state, pre = trainer.network.state_dict(), source["state_dict"]
+    encoder = names(pre, "encoder")
+    assert all(torch.equal(state["adapted_" + n], pre[n]) for n in encoder)
+    convs = [n for n in encoder if pre[n].ndim == 5]
+    assert not any(torch.equal(state["dedicated_" + n], pre[n]) for n in convs)
+    assert sorted(trainer.load_report.loaded) == encoder
+    assert sorted(trainer.load_report.missing) == sorted(n for n in state if not n.startswith("adapted_encoder."))
+    groups = {g["lr_scale"]: {id(p) for p in g["params"]} for g in trainer.optimizer.param_groups}
+    adapted = {id(p) for n, p in trainer.network.named_parameters() if n.startswith("adapted_encoder.")}
+    assert set(groups) == {1.0, 0.1} and groups[0.1] == adapted
+    assert groups[1.0] | adapted == {id(p) for p in trainer.network.parameters()}
+
+
+def test_hybrid_adapted_lr_scale_option(roots, source, tmp_path):
+    trainer = target_trainer(roots, make_strategy("hybrid", adapted_lr_scale=0.25), source, tmp_path)
+    assert sorted(g["lr_scale"] for g in trainer.optimizer.param_groups) == [0.25, 1.0]
+
+
+def test_hybrid_freeze_adapted_keeps_the_pretrained_encoder(roots, source, tmp_path):
+    trainer = target_trainer(roots, make_strategy("hybrid", "adapted"), source, tmp_path)
+    params = dict(trainer.network.named_parameters())
+    adapted = {n for n in params if n.startswith("adapted_encoder.")}
+    assert all(not params[n].requires_grad for n in adapted)
+    assert optimised(trainer) == {id(p) for n, p in params.items() if n not in adapted}
+    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0]
+    for step in range(2):
+        trainer.train_step(*random_batch(trainer.plans, seed=step), TARGET_NAME)
+    assert all(torch.equal(params["adapted_" + n].detach(), source["state_dict"][n])
+               for n in names(source["state_dict"], "encoder"))
+    assert trainer.network.last_attention[0].shape == (2, trainer.configuration.features_per_stage[0])
+
+
+def test_scratch_loads_nothing(roots, source, tmp_path):
+    trainer = target_trainer(roots, make_strategy("scratch"), None, tmp_path)
+    assert trainer.load_report is None and isinstance(trainer.network, UNet)
+    state, pre = trainer.network.state_dict(), source["state_dict"]
+    assert not any(torch.equal(state[n], pre[n]) for n in names(pre, "encoder") if pre[n].ndim == 5)
+
+
+@pytest.mark.parametrize("strategy", ["scratch", *TRANSFER])
+def test_saved_checkpoint_rebuilds_the_same_network(roots, source, tmp_path, strategy):
+    trainer = target_trainer(roots, make_strategy(strategy), None if strategy == "scratch" else source, tmp_path)
+    trainer.train_step(*random_batch(trainer.plans), TARGET_NAME)
+    save_checkpoint(tmp_path / "checkpoint.pt", trainer.checkpoint())
+    rebuilt = build_from_checkpoint(load_checkpoint(tmp_path / "checkpoint.pt")).eval()
+    trainer.network.deep_supervision = False
+    trainer.network.eval()
+    images, _ = random_batch(trainer.plans, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(images), trainer.network(images), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------- real runs
+@pytest.mark.parametrize("strategy", ["scratch", *TRANSFER])
+def test_every_strategy_run_records_what_it_loaded(roots, runs, source, pretrained, strategy):
+    folder = runs[strategy]
+    assert folder == roots.results / TARGET_NAME / strategy / "fold_0"
+    checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
+    assert checkpoint["strategy"]["name"] == strategy
+    assert checkpoint["network"]["kind"] == ("hybrid" if strategy == "hybrid" else "unet")
+    assert checkpoint["network"]["heads"] == {TARGET_NAME: 2}
+    report_path = folder / "load_report.json"
+    if strategy == "scratch":
+        assert not report_path.exists()
+        return
+    report = json.loads(report_path.read_text())
+    assert set(report) == {"source", "loaded", "skipped", "missing"}
+    assert report["source"] == str(pretrained / "checkpoint_final.pt")
+    pre = source["state_dict"]
+    expected = sorted(names(pre, "encoder") + (names(pre, "decoder") if strategy in ("continual", "finetune") else []))
+    assert sorted(report["loaded"]) == expected
+    assert sorted(report["loaded"] + report["skipped"]) == sorted(pre)
+    assert set(report["missing"]).isdisjoint({("adapted_" + n if strategy == "hybrid" else n) for n in expected})
+
+
+@pytest.mark.parametrize("strategy", ["scratch", *TRANSFER])
+def test_checkpoint_of_every_strategy_predicts_a_preprocessed_case(roots, runs, strategy):
+    path = runs[strategy] / "checkpoint_final.pt"
+    checkpoint = load_checkpoint(path)
+    network = build_from_checkpoint(checkpoint).eval()
+    assert isinstance(network, HybridUNet if strategy == "hybrid" else UNet)
+    assert all(torch.equal(v, checkpoint["state_dict"][k]) for k, v in network.state_dict().items())
+    plans = Plans.from_dict(checkpoint["plans"])
+    configuration = plans.configuration(checkpoint["configuration_name"])
+    case_folder = roots.preprocessed / TARGET_NAME / configuration.data_identifier
+    data, _, _ = load_case(case_folder, sorted(p.stem for p in case_folder.glob("*.json"))[0])
+    volume = torch.from_numpy(data)
+    logits = predict_sliding_window(network, volume, configuration.patch_size, 2, task=checkpoint["predict_head"])
+    assert logits.shape == (2, *data.shape[1:]) and torch.isfinite(logits).all()
+    model = load_model(path)
+    assert model.task == TARGET_NAME and model.num_classes == 2
+    through_api = predict_logits(model.network, volume, configuration.patch_size, windows_per_batch=2)
+    torch.testing.assert_close(through_api, logits)
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "hybrid"])
+def test_predictor_segments_a_raw_test_scan_with_a_transferred_model(roots, runs, tmp_path, strategy):
+    images = roots.raw / TARGET_NAME / "imagesTs"
+    written = predict_folder(images, tmp_path / "out", [runs[strategy] / "checkpoint_final.pt"], device="cpu",
+                             tta=False, progress=False)
+    assert [p.name for p in written] == ["covid_ts000.nii.gz"]
+    seg, geometry = read_image(written[0])
+    image, image_geometry = read_image(images / "covid_ts000_0000.nii.gz")
+    assert seg.shape == image.shape and geometry.matches(image_geometry)
+    assert set(np.unique(seg)) <= {0, 1}
+
+
+# ------------------------------------------------------------------------------------------- refusals
+def refuse(roots: Roots, match: str, *args, **kwargs) -> None:
+    """``train(*args, **kwargs)`` must raise a one-line error matching ``match`` and leave the results untouched."""
+    before = results_tree(roots)
+    with pytest.raises(CovtransferError, match=match) as error:
+        train(*args, **kwargs)
+    assert "\n" not in str(error.value)
+    assert results_tree(roots) == before
+
+
+@pytest.mark.parametrize("strategy", TRANSFER)
+def test_missing_or_unreadable_pretrained_model_is_refused(roots, tmp_path, strategy):
+    s = make_strategy(strategy)
+    refuse(roots, "no such checkpoint file or run folder", [TARGET], s, 0, roots, settings(),
+           pretrained=tmp_path / "nowhere")
+    refuse(roots, "no checkpoint_final.pt", [TARGET], s, 0, roots, settings(), pretrained=tmp_path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    refuse(roots, "unreadable checkpoint", [TARGET], s, 0, roots, settings(), pretrained=garbage)
+
+
+def test_checkpoint_with_another_channel_count_is_refused(roots, source, tmp_path):
+    two_channels = {**source, "network": {**source["network"], "num_input_channels": 2}}
+    save_checkpoint(tmp_path / "two.pt", two_channels)
+    refuse(roots, "2 input channel.*target has 1", [TARGET], make_strategy("continual"), 0, roots, settings(),
+           pretrained=tmp_path / "two.pt")
+
+
+@pytest.fixture(scope="module")
+def other_topology(roots) -> Path:
+    """A model pre-trained on a dataset planned on its own (3 stages instead of the target's 4)."""
+    return train([OTHER], make_strategy("pretrain"), "all", roots, settings())
+
+
+@pytest.mark.parametrize("strategy", TRANSFER)
+def test_checkpoint_with_another_topology_is_refused_naming_plans_from(roots, other_topology, strategy):
+    refuse(roots, "--plans-from", [TARGET], make_strategy(strategy), 0, roots, settings(), pretrained=other_topology)
+
+
+def test_checkpoint_differing_only_in_strides_is_refused(roots, source, tmp_path):
+    """Same tensor shapes for the encoder, different strides: loading would succeed but compute another network."""
+    configuration = dict(source["network"]["configuration"])
+    strides = configuration["strides"]
+    configuration["strides"] = [strides[0], *strides[2:], strides[1]]
+    assert configuration["strides"] != strides
+    save_checkpoint(tmp_path / "strides.pt", {**source, "network": {**source["network"],
+                                                                     "configuration": configuration}})
+    refuse(roots, "strides.*--plans-from", [TARGET], make_strategy("encoder"), 0, roots, settings(),
+           pretrained=tmp_path / "strides.pt")
+
+
+def test_wrong_pretrained_usage_is_refused(roots, pretrained):
+    for strategy in TRANSFER:
+        refuse(roots, f"-t {strategy} needs --pretrained", [TARGET], make_strategy(strategy), 0, roots, settings())
+    for strategy in ("scratch", "pretrain"):
+        refuse(roots, f"-t {strategy} does not use --pretrained", [TARGET], make_strategy(strategy), 0, roots,
+               settings(), pretrained=pretrained)
+    refuse(roots, "several datasets need -t pretrain", [SRC1, SRC2], make_strategy("continual"), "all", roots,
+           settings(), pretrained=pretrained)
+    refuse(roots, "--source-weights has 1 values for 2 datasets", [SRC1, SRC2], make_strategy("pretrain"), "all",
+           roots, settings(source_weights=[1.0]))
+    refuse(roots, "every weight must be > 0", [SRC1, SRC2], make_strategy("pretrain"), "all", roots,
+           settings(source_weights=[1.0, 0.0]))
+
+
+@pytest.mark.parametrize("strategy, freeze, match", [
+    ("continual", "encoder", "--freeze applies to finetune"),
+    ("scratch", "encoder", "--freeze applies to finetune"),
+    ("encoder", "adapted", "--freeze applies to finetune"),
+    ("pretrain", "encoder", "--freeze applies to finetune"),
+    ("finetune", "decoder", "finetune takes 'encoder' or 'encoder:K'"),
+    ("finetune", "encoder:0", "finetune takes 'encoder' or 'encoder:K'"),
+    ("hybrid", "encoder", "hybrid takes only 'adapted'"),
+])
+def test_freeze_for_a_strategy_that_does_not_take_it_is_refused(roots, pretrained, strategy, freeze, match, capsys):
+    before = results_tree(roots)
+    argv = ["-d", str(TARGET), "-t", strategy, "--freeze", freeze, "--pretrained", str(pretrained),
+            "--raw", str(roots.raw), "--preprocessed", str(roots.preprocessed), "--results", str(roots.results)]
+    with pytest.raises(CovtransferError, match=match):
+        train_cli.main(argv)
+    assert run_cli(train_cli.main, argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert results_tree(roots) == before
+
+
+# ------------------------------------------------------------------------------------------- command line
+def test_cli_trains_the_hybrid_from_the_multi_lesion_model(roots, pretrained, source, capsys):
+    code = train_cli.main(["-d", str(TARGET), "-t", "hybrid", "-f", "0", "--pretrained", str(pretrained),
+                           "--tag", "from_multi", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1",
+                           "--device", "cpu", "--raw", str(roots.raw), "--preprocessed", str(roots.preprocessed),
+                           "--results", str(roots.results)])
+    folder = roots.results / TARGET_NAME / "hybrid__from_multi" / "fold_0"
+    assert code == 0 and f"done: {folder}" in capsys.readouterr().out
+    checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
+    assert checkpoint["strategy"] == {"name": "hybrid", "adapted_lr_scale": 0.1, "freeze_adapted": False}
+    lrs = {g["lr_scale"]: g["lr"] for g in checkpoint["optimizer"]["param_groups"]}
+    assert lrs[1.0] == pytest.approx(1e-2) and lrs[0.1] == pytest.approx(1e-3)
+    assert (folder / "load_report.json").is_file()
+    assert "loaded" in (folder / "training_log.txt").read_text()
+    assert (folder / "validation" / "summary.json").is_file()
+    assert (folder.parent / "plans.json").is_file()
+    model = load_model(folder / "checkpoint_final.pt")
+    pre = source["state_dict"]
+    trained_adapted = model.network.state_dict()
+    moved = [n for n in names(pre, "encoder") if not torch.equal(trained_adapted["adapted_" + n], pre[n])]
+    assert moved, "the adapted encoder is trained (at a reduced rate), not frozen"
