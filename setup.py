@@ -7,9 +7,13 @@ COMMANDS = {
     "covtransfer_make_synthetic": "make_synthetic",
     "covtransfer_convert": "convert",
     "covtransfer_verify": "verify",
+    "covtransfer_plan_and_preprocess": "plan_and_preprocess",
     "covtransfer_evaluate": "evaluate",
     "covtransfer_determine_postprocessing": "determine_postprocessing",
     "covtransfer_train": "train",
+    "covtransfer_predict": "predict",
+    "covtransfer_study": "study",
+    "covtransfer_demo": "demo",
 }
 
 setup(

@@ -6,17 +6,22 @@ frozen parameters (``requires_grad`` off and left out of the optimizer) and para
 scales (``Strategy.parameter_groups``). Data loading and augmentation are excluded: they cost the same for every
 strategy. Each strategy runs in a fresh subprocess so that its memory is measured alone.
 
+Time: on CUDA the wall-clock median per step (bf16 autocast as in the trainer, cuDNN autotuning on). On a CPU the
+median process CPU time per step with one torch thread, next to the wall time: on a shared machine wall time mostly
+measures the neighbours' load, CPU time measures the work.
+
 Memory, honestly:
 - CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps: weights, gradients, momentum buffers and
   activations together (the caching allocator's reserve is not counted).
 - CPU: the growth of the process's peak resident set size (``resource.getrusage(...).ru_maxrss``) from just before
-  the network is built to the end of the timed steps: the same quantities plus allocator slack, in MiB. It is
-  coarse (page granularity, freed memory is not returned) but it is what the machine actually had to provide.
+  the network is built (after a tiny convolution has initialised the back end) to the end of the timed steps: the
+  same quantities plus allocator slack, in MiB. It is coarse (page granularity; freed memory is not returned) but it
+  is what the machine actually had to provide.
 
 Networks: on the CPU the ``cpu``-preset network planned for a COVID-19-CT-Seg-like fingerprint (or ``--plans``);
 on CUDA the reference network of the transfer study (patch 56 x 160 x 192, batch 2, 32..320 features, 6 stages).
 
-Usage: ``python benchmarks/strategies.py [--device cuda] [--steps 10] [--repeats 2] [--plans plans.json]``.
+Usage: ``python benchmarks/strategies.py [--device cuda] [--steps 5] [--repeats 2] [--plans plans.json]``.
 """
 
 from __future__ import annotations
@@ -36,9 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from covtransfer.data.dataset_json import DatasetInfo  # noqa: E402
 from covtransfer.network.build import build_network  # noqa: E402
-from covtransfer.planning.planner import plan_experiment  # noqa: E402
 from covtransfer.plans import Configuration, Plans  # noqa: E402
 from covtransfer.training.augment.deep_supervision import deep_supervision_scales, downsample_seg_for_ds  # noqa: E402
 from covtransfer.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights  # noqa: E402
@@ -68,6 +71,9 @@ def reference_configuration() -> Configuration:
 
 def cpu_configuration() -> Configuration:
     """The ``cpu`` preset's plan for 20 chest CTs of COVID-19-CT-Seg-like geometry (about 1 x 0.7 x 0.7 mm)."""
+    from covtransfer.data.dataset_json import DatasetInfo
+    from covtransfer.planning.planner import plan_experiment
+
     spacings = [[1.0 + 0.25 * (i % 3), 0.68 + 0.01 * (i % 5), 0.68 + 0.01 * (i % 5)] for i in range(20)]
     shapes = [[240 + 5 * (i % 7), 400 + 4 * (i % 5), 430 + 3 * (i % 4)] for i in range(20)]
     stats = {"mean": -500.0, "median": -550.0, "std": 250.0, "min": -1024.0, "max": 300.0,
@@ -79,16 +85,25 @@ def cpu_configuration() -> Configuration:
     return plan_experiment(fingerprint, info, "Dataset900_CovidLike", preset="cpu").configuration("3d_fullres")
 
 
-def now(device: torch.device) -> float:
+def now(device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds once the device has finished the queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter()
+    return time.perf_counter(), time.process_time()
+
+
+def warm_up_runtime(device: torch.device) -> None:
+    """Initialise the convolution back end and autograd once, so that their fixed memory is not charged to a
+    strategy."""
+    x = torch.randn(1, 1, 8, 8, 8, device=device, requires_grad=True)
+    torch.nn.functional.conv3d(x, torch.randn(2, 1, 3, 3, 3, device=device)).sum().backward()
 
 
 def measure(configuration: Configuration, strategy_name: str, freeze: str | None, n_heads: int,
             device: torch.device, steps: int, warmup: int, lr: float = 1e-2) -> dict:
     """Time ``steps`` optimisation steps after ``warmup`` ones; return ms/step, peak memory and parameter counts."""
     torch.manual_seed(0)
+    warm_up_runtime(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     strategy = make_strategy(strategy_name, freeze)
     heads = {f"task{i}": 2 for i in range(n_heads)}
@@ -120,17 +135,20 @@ def measure(configuration: Configuration, strategy_name: str, freeze: str | None
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
         start = now(device)
         step()
-        times.append(now(device) - start)
+        stop = now(device)
+        wall.append(stop[0] - start[0])
+        cpu.append(stop[1] - start[1])
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # KiB on Linux
     n_params = sum(p.numel() for p in network.parameters())
-    return {"ms_per_step": 1000 * statistics.median(times), "peak_mib": peak_mib, "parameters": n_params,
+    return {"ms_per_step": 1000 * statistics.median(wall), "cpu_ms_per_step": 1000 * statistics.median(cpu),
+            "peak_mib": peak_mib, "parameters": n_params,
             "trainable": sum(p.numel() for p in trainable), "groups": sorted(g["lr_scale"] for g in groups)}
 
 
@@ -140,6 +158,8 @@ def worker(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     configuration = load_configuration(args)
     result = measure(configuration, name, freeze, n_heads, device, args.steps, args.warmup)
     print(json.dumps({"label": label, **result}))
@@ -160,31 +180,37 @@ def run_variant(index: int, args: argparse.Namespace) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    """Markdown table of medians over repeats, relative to scratch."""
+def table(results: dict[str, list[dict]], time_key: str) -> str:
+    """Markdown table of medians over repeats, relative to scratch; ``time_key`` is the time that is compared."""
     def median(label: str, key: str) -> float:
         return statistics.median(r[key] for r in results[label])
 
-    base_ms, base_mem = median("scratch", "ms_per_step"), median("scratch", "peak_mib")
-    lines = ["| strategy | ms/step | × scratch | peak MiB | × scratch | trainable / all parameters | lr scales |",
-             "|---|---|---|---|---|---|---|"]
+    on_cpu = time_key == "cpu_ms_per_step"
+    base_ms, base_mem = median("scratch", time_key), median("scratch", "peak_mib")
+    header = ["strategy", "CPU ms/step" if on_cpu else "ms/step", "× scratch", *(["wall ms/step"] if on_cpu else []),
+              "peak MiB", "× scratch", "trainable / all parameters", "lr scales"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in results:
-        ms, mem = median(label, "ms_per_step"), median(label, "peak_mib")
+        ms, mem = median(label, time_key), median(label, "peak_mib")
         first = results[label][0]
-        lines.append(f"| {label} | {ms:.1f} | {ms / base_ms:.2f} | {mem:.0f} | "
-                     f"{mem / base_mem if base_mem > 0 else math.nan:.2f} | "
-                     f"{first['trainable'] / 1e6:.3f} M / {first['parameters'] / 1e6:.3f} M | "
-                     f"{', '.join(f'{s:g}' for s in first['groups']) or '-'} |")
+        wall = [f"{median(label, 'ms_per_step'):.1f}"] if on_cpu else []
+        cells = [label, f"{ms:.1f}", f"{ms / base_ms:.2f}", *wall,
+                 f"{mem:.0f}", f"{mem / base_mem if base_mem > 0 else math.nan:.2f}",
+                 f"{first['trainable'] / 1e6:.3f} M / {first['parameters'] / 1e6:.3f} M",
+                 ", ".join(f"{s:g}" for s in first["groups"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all variants (median over rounds)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1, so that CPU time measures work on a shared machine; "
+                             "0: torch's default)")
     parser.add_argument("--plans", help="benchmark this plans.json's configuration instead of the default network")
     parser.add_argument("--configuration", default="3d_fullres")
     parser.add_argument("--json", help="also write the raw results here")
@@ -203,7 +229,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for index, (label, *_) in enumerate(VARIANTS):
             results[label].append(run_variant(index, args))
-    print(table(results))
+    print(table(results, "ms_per_step" if args.device.startswith("cuda") else "cpu_ms_per_step"))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

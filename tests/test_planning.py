@@ -1,4 +1,4 @@
-"""Planning: fingerprint statistics, target spacing, topology, memory estimate, patch/batch fitting, presets, plans_from."""
+"""Planning: fingerprint statistics, target spacing, topology, memory estimate, patch and batch, presets."""
 
 from __future__ import annotations
 

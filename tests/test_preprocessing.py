@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import zipfile
 from pathlib import Path
@@ -15,7 +14,6 @@ from covtransfer.cli.common import run_cli
 from covtransfer.cli.plan_and_preprocess import main as plan_and_preprocess_main
 from covtransfer.data.image_io import Geometry, write_image
 from covtransfer.errors import CovtransferError
-from covtransfer.planning.fingerprint import compute_fingerprint
 from covtransfer.plans import ChannelNormalization, Configuration, Plans, ResamplingSettings
 from covtransfer.preprocessing.normalization import normalize
 from covtransfer.preprocessing.preprocessor import CasePreprocessor, sample_class_locations
@@ -159,7 +157,7 @@ def assert_matches_one_hot_reference(out, seg):
     differ = np.argwhere(out != reference)
     assert len(differ) < 0.01 * out.size
     for index in map(tuple, differ):  # only exact ties, which go to the later label
-        assert abs(values[out[index]][index] - 0.5) < 1e-6
+        assert abs(values[out[index]][index] - 0.5) < 1e-12
 
 
 def test_label_resampling_keeps_shape_and_labels_and_matches_one_hot_linear():
@@ -234,7 +232,9 @@ def test_preprocessed_case_resampled_back_matches_the_original():
 def test_outside_mask_becomes_minus_one_and_class_locations_are_labelled_and_in_bounds():
     image, seg = body_case()
     plans = make_plans([2.0, 1.0, 1.0])  # the raw spacing: no resampling, so the mask can be checked exactly
+    image_before, seg_before = image.copy(), seg.copy()
     data, out_seg, props = CasePreprocessor(plans, "3d_fullres").run([image], Geometry((2.0, 1.0, 1.0)), seg, "c")
+    assert np.array_equal(image, image_before) and np.array_equal(seg, seg_before)  # inputs untouched
     crop = tuple(slice(a, b) for a, b in props["bbox"])
     outside = image[crop] == 0
     assert (out_seg[0][outside] == -1).all() and (out_seg[0][~outside] >= 0).all()
@@ -327,15 +327,10 @@ def test_worker_errors_name_the_case_file_in_parallel_runs(tmp_path):
 
 # ---------------------------------------------------------------- command line
 
-@pytest.fixture(autouse=True)
-def small_fingerprint_budget(monkeypatch):
-    """nnU-Net's 1e8 pooled foreground samples take seconds even for tiny data; 1e5 gives the same statistics here."""
-    monkeypatch.setattr("covtransfer.preprocessing.pipeline.compute_fingerprint",
-                        functools.partial(compute_fingerprint, voxel_budget=10 ** 5))
-
-
 def roots_args(tmp_path):
-    return ["--raw", str(tmp_path / "raw"), "--preprocessed", str(tmp_path / "pre")]
+    """Data roots, and a small fingerprint budget: nnU-Net's 1e8 samples take seconds even for tiny data, and 1e5
+    give the same statistics here."""
+    return ["--raw", str(tmp_path / "raw"), "--preprocessed", str(tmp_path / "pre"), "--fingerprint-voxels", "100000"]
 
 
 def test_cli_refuses_a_broken_dataset_and_writes_nothing(tmp_path):
@@ -391,5 +386,7 @@ def test_cli_plans_a_listed_target_first_and_redoes_cases_when_the_plans_change(
     plans = Plans.load(source / "plans.json")
     plans.configurations["3d_fullres"].spacing = [3.0, 2.0, 2.0]
     plans.save(source / "plans.json")  # the next run's plans differ from what made the stored cases
+    assert plan_and_preprocess_main(["-d", "2", "--plans-from", "1", "--plan-only", *args]) == 0
+    assert not case.with_suffix(".json").exists()  # invalidated, though only planning ran
     assert plan_and_preprocess_main(["-d", "2", "--plans-from", "1", *args]) == 0
-    assert case.stat().st_mtime_ns != stamp
+    assert case.stat().st_mtime_ns != stamp and case.with_suffix(".json").exists()

@@ -1,13 +1,12 @@
 """Transfer learning: multi-lesion pre-training, the five strategies from its checkpoint, load reports, frozen and
 scaled parameters, save/load/predict round trips, refusals that leave no results folder, and the CLI.
 
-Selective Fusion maths (V = α·F_D + β·F_A, α + β = 1, no batch statistics) and the hybrid's forward/backward shapes
-on an anisotropic plan are tested in tests/test_network.py (test_fusion_*, test_hybrid_*); not repeated here.
+Selective Fusion maths (V = α·F_D + β·F_A, α + β = 1, no batch statistics) and the hybrid's forward/backward
+shapes on an anisotropic plan are tested in tests/test_network.py (test_fusion_*, test_hybrid_*); not repeated here.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -26,9 +25,7 @@ from covtransfer.inference.sliding_window import predict_sliding_window
 from covtransfer.network.build import build_from_checkpoint
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import UNet
-from covtransfer.planning.fingerprint import compute_fingerprint
 from covtransfer.plans import Plans
-from covtransfer.preprocessing import pipeline
 from covtransfer.preprocessing.pipeline import plan_and_preprocess
 from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import train
@@ -36,14 +33,12 @@ from covtransfer.training.batch_stream import BatchStream
 from covtransfer.training.checkpoint import load_checkpoint, save_checkpoint
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
-from tiny_data import preprocessed_roots, write_raw_dataset
+from tiny_data import FINGERPRINT_VOXELS, preprocessed_roots, write_raw_dataset
 
 TARGET, SRC1, SRC2, OTHER = 1, 2, 3, 4
-TARGET_NAME, SRC1_NAME, SRC2_NAME, OTHER_NAME = ("Dataset001_Covid", "Dataset002_Tumour", "Dataset003_Effusion",
-                                                 "Dataset004_Other")
+TARGET_NAME, SRC1_NAME, SRC2_NAME = "Dataset001_Covid", "Dataset002_Tumour", "Dataset003_Effusion"
 CONFIG = "3d_fullres"
 TRANSFER = ("continual", "finetune", "encoder", "hybrid")
-FINGERPRINT_SAMPLES = 20_000  # nnU-Net's 1e8 foreground samples cost ~15 s per tiny dataset on a loaded machine
 
 
 def settings(epochs: int = 1, iters: int = 1, val_iters: int = 0, **extra) -> TrainingSettings:
@@ -62,7 +57,7 @@ def names(state: dict, prefix: str) -> list[str]:
 
 
 def task_of(roots: Roots, dataset: str) -> TrainingTask:
-    """The dataset's fold-0 (target) or all-cases (sources) task, as the training API would build it."""
+    """A training task over every preprocessed case of ``dataset`` (enough for trainers that never call ``fit``)."""
     folder = roots.preprocessed / dataset
     plans = Plans.load(folder / "plans.json")
     cases = sorted(p.stem for p in (folder / plans.configuration(CONFIG).data_identifier).glob("*.json"))
@@ -80,13 +75,10 @@ def random_batch(plans: Plans, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 def roots(tmp_path_factory) -> Roots:
     """A target, two sources with the target's plans, and a dataset planned on its own (other topology)."""
     base = tmp_path_factory.mktemp("transfer")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "compute_fingerprint",
-                      functools.partial(compute_fingerprint, voxel_budget=FINGERPRINT_SAMPLES))
-        roots = preprocessed_roots(base, {TARGET: ("Covid", 4, 1), SRC1: ("Tumour", 2, 0), SRC2: ("Effusion", 2, 0)},
-                                   plans_from=TARGET)
-        write_raw_dataset(roots.raw, OTHER, "Other", 2, seed=OTHER, shape=(12, 40, 24))
-        plan_and_preprocess([OTHER], roots, preset="cpu", num_processes=1)
+    roots = preprocessed_roots(base, {TARGET: ("Covid", 4, 1), SRC1: ("Tumour", 2, 0), SRC2: ("Effusion", 2, 0)},
+                               plans_from=TARGET)
+    write_raw_dataset(roots.raw, OTHER, "Other", 2, seed=OTHER, shape=(12, 40, 24))
+    plan_and_preprocess([OTHER], roots, preset="cpu", num_processes=1, fingerprint_voxels=FINGERPRINT_VOXELS)
     return roots
 
 
@@ -454,3 +446,16 @@ def test_cli_trains_the_hybrid_from_the_multi_lesion_model(roots, pretrained, so
     trained_adapted = model.network.state_dict()
     moved = [n for n in names(pre, "encoder") if not torch.equal(trained_adapted["adapted_" + n], pre[n])]
     assert moved, "the adapted encoder is trained (at a reduced rate), not frozen"
+
+
+def test_hybrid_attention_can_be_read_after_a_forward_pass(roots, runs):
+    """The recipe of documentation/transfer.md: α (dedicated) and β = 1 − α (adapted) per level and channel."""
+    model = load_model(runs["hybrid"] / "checkpoint_final.pt")
+    data, _, _ = load_case(roots.preprocessed / TARGET_NAME / model.configuration.data_identifier, "covid_tr000")
+    z, y, x = model.configuration.patch_size
+    window = torch.from_numpy(data[None, :, :z, :y, :x])
+    with torch.no_grad():
+        model.network(window)
+    alphas = model.network.last_attention
+    assert [tuple(a.shape) for a in alphas] == [(1, f) for f in model.configuration.features_per_stage]
+    assert all(((a > 0) & (a < 1)).all() for a in alphas)

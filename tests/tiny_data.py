@@ -11,6 +11,8 @@ from covtransfer.data.dataset_json import DatasetInfo
 from covtransfer.data.image_io import Geometry, write_image
 from covtransfer.preprocessing.pipeline import plan_and_preprocess
 
+FINGERPRINT_VOXELS = 10 ** 5  # the fingerprint's foreground sample budget: plenty for volumes of a few thousand voxels
+
 
 def blob_case(rng: np.random.Generator, shape=(16, 32, 32), intensity: float = 300.0,
               spacing=(2.0, 1.5, 1.5)) -> tuple[np.ndarray, np.ndarray]:
@@ -50,10 +52,12 @@ def preprocessed_roots(base: Path, datasets: dict[int, tuple[str, int, int]], pl
                           intensity=300.0 + 100 * i)
     ids = list(datasets)
     if plans_from is None:
-        plan_and_preprocess(ids, roots, preset="cpu", num_processes=1)
+        plan_and_preprocess(ids, roots, preset="cpu", num_processes=1, fingerprint_voxels=FINGERPRINT_VOXELS)
     else:
-        plan_and_preprocess([plans_from], roots, preset="cpu", num_processes=1)
+        plan_and_preprocess([plans_from], roots, preset="cpu", num_processes=1,
+                            fingerprint_voxels=FINGERPRINT_VOXELS)
         others = [i for i in ids if i != plans_from]
         if others:
-            plan_and_preprocess(others, roots, plans_from=plans_from, num_processes=1)
+            plan_and_preprocess(others, roots, plans_from=plans_from, num_processes=1,
+                                fingerprint_voxels=FINGERPRINT_VOXELS)
     return roots

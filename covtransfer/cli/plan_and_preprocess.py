@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
+from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
 from covtransfer.planning.planner import PRESETS
 from covtransfer.plans import Plans
 from covtransfer.preprocessing.pipeline import plan_and_preprocess
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="configurations to preprocess (default: every planned one)")
     parser.add_argument("-np", "--num-processes", type=int, metavar="N",
                         help="parallel worker processes (default: number of CPU cores); memory grows with N")
+    parser.add_argument("--fingerprint-voxels", type=int, default=FOREGROUND_VOXEL_BUDGET, metavar="N",
+                        help="foreground intensity samples per channel for the fingerprint (default 1e8, as nnU-Net; "
+                             "fewer use less memory and time)")
     parser.add_argument("--overwrite", action="store_true", help="redo the fingerprint and every case")
     parser.add_argument("--no-verify", action="store_true", help="skip the dataset check")
     parser.add_argument("--plan-only", action="store_true", help="write the fingerprint and plans, do not preprocess")
@@ -52,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folders = plan_and_preprocess(args.datasets, roots_from_args(args), plans_from=args.plans_from,
                                   gpu_memory_gb=args.gpu_memory_gb, preset=args.preset,
                                   configurations=args.configurations, num_processes=args.num_processes,
+                                  fingerprint_voxels=args.fingerprint_voxels,
                                   overwrite=args.overwrite, verify=not args.no_verify, plan_only=args.plan_only)
     for folder in folders:
         print(_describe(Plans.load(folder / "plans.json")))

@@ -13,7 +13,7 @@ from scipy import ndimage
 def nonzero_mask(data: np.ndarray) -> np.ndarray:
     """Boolean ``(z, y, x)`` mask of voxels where any channel of ``data`` (``(c, z, y, x)``) is non-zero, holes filled."""
     mask = np.any(data != 0, axis=0)
-    return ndimage.binary_fill_holes(mask)
+    return mask if mask.all() else ndimage.binary_fill_holes(mask)
 
 
 def bounding_box(mask: np.ndarray) -> list[list[int]]:

@@ -22,6 +22,7 @@ from covtransfer.experiments.report import write_report
 from covtransfer.inference.inputs import InputCase
 from covtransfer.inference.model_loading import checkpoint_paths, load_models
 from covtransfer.inference.predictor import Predictor
+from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
 from covtransfer.preprocessing.pipeline import plan_and_preprocess
 from covtransfer.training.api import fold_folder, read_metrics, train
 from covtransfer.training.checkpoint import newest_checkpoint
@@ -49,6 +50,7 @@ class StudySpec:
     tolerance_mm: float = 3.0
     tta: bool = True
     num_processes: int | None = None
+    fingerprint_voxels: int = FOREGROUND_VOXEL_BUDGET
 
 
 @dataclass
@@ -86,10 +88,12 @@ class Study:
         preset = f" --preset {s.preset}" if s.preset else ""
         self._command(f"covtransfer_plan_and_preprocess -d {s.target}{preset} --gpu-memory-gb {s.gpu_memory_gb}")
         target = plan_and_preprocess([s.target], self.roots, gpu_memory_gb=s.gpu_memory_gb, preset=s.preset,
-                                     configurations=[s.configuration], num_processes=s.num_processes)[0]
-        self._command(f"covtransfer_plan_and_preprocess -d {' '.join(s.sources)} --plans-from {s.target}")
+                                     configurations=[s.configuration], num_processes=s.num_processes,
+                                     fingerprint_voxels=s.fingerprint_voxels)[0]
+        self._command(f"covtransfer_plan_and_preprocess -d {' '.join(s.sources)} --plans-from {target.name}")
         sources = plan_and_preprocess(s.sources, self.roots, plans_from=target.name,
-                                      configurations=[s.configuration], num_processes=s.num_processes)
+                                      configurations=[s.configuration], num_processes=s.num_processes,
+                                      fingerprint_voxels=s.fingerprint_voxels)
         return target.name, [p.name for p in sources]
 
     def _train(self, datasets: list[str], strategy: str, fold: str, settings: TrainingSettings,

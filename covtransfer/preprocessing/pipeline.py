@@ -7,6 +7,7 @@ patch, topology, normalisation), so one network fits all of them.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,8 @@ from covtransfer.config import Roots, find_dataset
 from covtransfer.data.dataset_json import list_cases, load_dataset_json
 from covtransfer.data.verify import verify_dataset
 from covtransfer.errors import CovtransferError
-from covtransfer.planning.fingerprint import compute_fingerprint, load_fingerprint, save_fingerprint
+from covtransfer.planning.fingerprint import (FOREGROUND_VOXEL_BUDGET, compute_fingerprint, load_fingerprint,
+                                              save_fingerprint)
 from covtransfer.planning.planner import plan_experiment, plans_from as copy_plans
 from covtransfer.plans import Plans
 from covtransfer.preprocessing.run import preprocess_dataset
@@ -50,7 +52,8 @@ def _raw_name(roots: Roots, key: str | int) -> str | None:
         return None
 
 
-def _fingerprint(raw_folder: Path, out_folder: Path, info, num_processes: int, overwrite: bool) -> dict:
+def _fingerprint(raw_folder: Path, out_folder: Path, info, num_processes: int, overwrite: bool,
+                 voxel_budget: int) -> dict:
     """The saved fingerprint when it covers exactly the current training cases, else a fresh one (saved)."""
     path = out_folder / "dataset_fingerprint.json"
     case_ids = [case.case_id for case in list_cases(raw_folder, info, "Tr")]
@@ -61,30 +64,36 @@ def _fingerprint(raw_folder: Path, out_folder: Path, info, num_processes: int, o
             saved = {}
         if saved.get("case_ids") == case_ids:
             return saved
-    fingerprint = compute_fingerprint(raw_folder, info, num_processes)
+    fingerprint = compute_fingerprint(raw_folder, info, num_processes, voxel_budget)
     save_fingerprint(path, fingerprint)
     return fingerprint
 
 
+def _preprocessing_inputs(plans: Plans, name: str) -> str:
+    """What the stored cases of configuration ``name`` depend on, as canonical JSON (patch and batch do not count)."""
+    configuration = plans.configurations[name].to_dict()
+    relevant = {key: configuration[key] for key in ("spacing", "normalization", "resampling")}
+    relevant.update(transpose=plans.transpose_forward, labels=plans.labels, channels=plans.channel_names)
+    return json.dumps(relevant, sort_keys=True)
+
+
 def _stale_configurations(old_path: Path, new: Plans) -> set[str]:
-    """Configurations whose preprocessing would differ from what the previous ``plans.json`` produced."""
+    """Configurations whose stored cases were made with a different spacing, normalisation, transpose or labels."""
     if not old_path.is_file():
         return set()
     try:
         old = Plans.load(old_path)
     except CovtransferError:
         return set(new.configurations)
-    shared = (old.transpose_forward == new.transpose_forward and old.labels == new.labels
-              and old.channel_names == new.channel_names)
-    return {name for name, configuration in new.configurations.items()
-            if not shared or name not in old.configurations
-            or old.configurations[name].to_dict() != configuration.to_dict()}
+    return {name for name in new.configurations
+            if name not in old.configurations or _preprocessing_inputs(old, name) != _preprocessing_inputs(new, name)}
 
 
 def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_from: str | int | None = None,
                         gpu_memory_gb: float = 8.0, preset: str | None = None,
                         configurations: Sequence[str] | None = None, num_processes: int | None = None,
-                        overwrite: bool = False, verify: bool = True, plan_only: bool = False) -> list[Path]:
+                        overwrite: bool = False, verify: bool = True, plan_only: bool = False,
+                        fingerprint_voxels: int = FOREGROUND_VOXEL_BUDGET) -> list[Path]:
     """Fingerprint, plan and preprocess each dataset; returns the preprocessed dataset folders.
 
     ``plans_from`` names a target dataset whose plans the others reuse; it must be planned already or be one of
@@ -117,7 +126,7 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
     for folder in raw_folders:
         info = infos[folder]
         out = roots.preprocessed / folder.name
-        fingerprint = _fingerprint(folder, out, info, num_processes, overwrite)
+        fingerprint = _fingerprint(folder, out, info, num_processes, overwrite, fingerprint_voxels)
         if plans_from is None or folder.name == target_name:
             plans = plan_experiment(fingerprint, info, folder.name, gpu_memory_gb, preset)
             if folder.name == target_name:
@@ -129,7 +138,12 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
             plans.configuration(name)
         stale = _stale_configurations(out / "plans.json", plans)
         plans.save(out / "plans.json")
-        if not plan_only:
+        if plan_only:
+            for name in stale:  # cases made with the old plans would otherwise count as finished later
+                folder_of_cases = out / (plans.configurations[name].data_identifier or name)
+                for properties in folder_of_cases.glob("*.json"):
+                    properties.unlink()
+        else:
             fresh = [n for n in names if n not in stale]
             if fresh:
                 preprocess_dataset(folder, out, plans, fresh, num_processes, overwrite)

@@ -6,7 +6,8 @@ applied one after another. Each 1-D operator is an explicit ``(n_out, n_in)`` ma
 resizing an identity with scipy itself: exactly scipy's kernel, prefilter and boundary handling. Wide operators
 (cubic: the spline prefilter spreads each row over some 32 inputs once weights under 1e-9 are dropped) are applied
 as BLAS matrix products, 32 output rows at a time against just the band of input they read; narrow ones (linear,
-nearest) as a weighted gather of one or two neighbours. Everything runs in float32. On one core a 512x512x200 CT
+nearest) as a weighted gather of one or two neighbours. Images run in float32; label masks in float64, so that
+only true ties sit at exactly 0.5. On one core a 512x512x200 CT
 goes from 0.7x0.7x1.25 mm to 1x1x1.5 mm in about 1 s, several times faster than skimage's ``resize``.
 
 Separate-z: when the spacing is anisotropic (max/min above a threshold) and exactly one axis is the coarse one,
@@ -27,8 +28,8 @@ from covtransfer.data.cropping import bounding_box
 
 _GATHER_MAX_WIDTH = 2
 _BLOCK_ROWS = 32
-# 0.5 less float32 rounding: an exact tie in exact arithmetic goes to the later label
-_LABEL_THRESHOLD = 0.5 - 1e-5
+# 0.5 less float64 rounding: a tie in exact arithmetic goes to the later label, as it does in nnU-Net's rule
+_LABEL_THRESHOLD = 0.5 - 1e-9
 
 
 def compute_new_shape(shape: Sequence[int], current_spacing: Sequence[float],
@@ -76,7 +77,7 @@ class _AxisOperator:
         nonzero = matrix != 0
         start = np.argmax(nonzero, axis=1)
         stop = matrix.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
-        return cls(np.ascontiguousarray(matrix, dtype=np.float32), start, stop)
+        return cls(np.ascontiguousarray(matrix, dtype=np.float64), start, stop)
 
     @property
     def width(self) -> int:
@@ -96,7 +97,7 @@ class _AxisOperator:
         return out_start, out_stop, win_start, win_stop, _AxisOperator.from_matrix(sub)
 
     def apply(self, array: np.ndarray, axis: int) -> np.ndarray:
-        """Resize ``array`` (3-D float32) along ``axis``."""
+        """Resize ``array`` (3-D, float32 or float64) along ``axis``, in its own precision."""
         if self.width <= _GATHER_MAX_WIDTH:
             return self._gather(array, axis)
         return self._matmul(array, axis)
@@ -109,7 +110,7 @@ class _AxisOperator:
         out = None
         for tap in range(self.width):
             index = np.minimum(self.start + tap, n_in - 1)
-            weight = np.where(self.start + tap < self.stop, self.matrix[rows, index], 0).astype(np.float32)
+            weight = np.where(self.start + tap < self.stop, self.matrix[rows, index], 0).astype(array.dtype)
             if not weight.any():
                 continue
             term = np.take(array, index, axis=axis)
@@ -127,7 +128,7 @@ class _AxisOperator:
             out_stop = min(n_out, out_start + _BLOCK_ROWS)
             in_start = int(self.start[out_start:out_stop].min())
             in_stop = int(self.stop[out_start:out_stop].max())
-            weights = np.ascontiguousarray(self.matrix[out_start:out_stop, in_start:in_stop])
+            weights = np.ascontiguousarray(self.matrix[out_start:out_stop, in_start:in_stop], dtype=np.float32)
             blocks.append((out_start, out_stop, in_start, in_stop, weights))
         return blocks
 
@@ -135,17 +136,18 @@ class _AxisOperator:
         n_out = self.matrix.shape[0]
         shape = list(array.shape)
         shape[axis] = n_out
-        out = np.empty(shape, dtype=np.float32)
+        out = np.empty(shape, dtype=array.dtype)
+        blocks = [(o0, o1, i0, i1, w.astype(array.dtype, copy=False)) for o0, o1, i0, i1, w in self.blocks]
         if axis == 0:
             flat_in, flat_out = array.reshape(array.shape[0], -1), out.reshape(n_out, -1)
-            for o0, o1, i0, i1, weights in self.blocks:
+            for o0, o1, i0, i1, weights in blocks:
                 np.matmul(weights, flat_in[i0:i1], out=flat_out[o0:o1])
         elif axis == 1:
-            for o0, o1, i0, i1, weights in self.blocks:
+            for o0, o1, i0, i1, weights in blocks:
                 np.matmul(weights, array[:, i0:i1], out=out[:, o0:o1])
         else:
             flat_in, flat_out = array.reshape(-1, array.shape[2]), out.reshape(-1, n_out)
-            for o0, o1, i0, i1, weights in self.blocks:
+            for o0, o1, i0, i1, weights in blocks:
                 np.matmul(flat_in[:, i0:i1], weights.T, out=flat_out[:, o0:o1])
         return out
 
@@ -268,7 +270,7 @@ def _resample_mask_into(out: np.ndarray, seg: np.ndarray, label: int, region: np
             out_slices.append(slice(o0, o1))
             in_slices.append(slice(w0, w1))
             operators[axis] = op
-        mask = (seg[tuple(in_slices)] == label).astype(np.float32)
+        mask = (seg[tuple(in_slices)] == label).astype(np.float64)
         resized = _resample_volume(mask, operators)
         out[tuple(out_slices)][resized >= _LABEL_THRESHOLD] = label
 

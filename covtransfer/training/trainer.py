@@ -120,6 +120,7 @@ class Trainer:
         self.context = distributed.init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.context.local_rank)
+            torch.backends.cudnn.benchmark = True  # patch shapes are fixed: cuDNN picks its fastest kernels once
         torch.manual_seed(settings.seed)
         heads = {task.name: task.num_classes for task in tasks}
         self.spec = network_spec(self.configuration, self.plans.num_input_channels, heads, strategy.network_kind)
