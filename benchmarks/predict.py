@@ -145,7 +145,8 @@ def run_covtransfer(case: Path, checkpoint: Path, output: Path, device: str, tta
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-m", "covtransfer.cli.predict", "-i", str(case), "-o", str(output),
                "-m", str(checkpoint), "--device", device, "--quiet"] + ([] if tta else ["--no-tta"])
-    result = timed_process(command, device == "cuda", dict(os.environ, PYTHONPATH=str(ROOT)))
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    result = timed_process(command, device == "cuda", dict(os.environ, PYTHONPATH=path))
     shape, _ = read_geometry(output / "case.nii.gz")
     if shape != read_geometry(case)[0]:
         raise RuntimeError(f"output shape {shape} differs from the input's")
@@ -172,6 +173,16 @@ def breakdown(case: Path, checkpoint: Path, device: str, tta: bool, output: Path
     start = time.perf_counter()
     data, properties = predictor.preprocess(input_case)
     times["read_preprocess"] = time.perf_counter() - start
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned once, then timed: what a long run of cases would see
+        ensemble_probabilities(models, data, predictor.device, tta)
+        sync()
+        start = time.perf_counter()
+        ensemble_probabilities(models, data, predictor.device, tta)
+        sync()
+        times["network_cudnn_benchmark"] = time.perf_counter() - start
+        torch.backends.cudnn.benchmark = False
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     probabilities = ensemble_probabilities(models, data, predictor.device, tta)
     sync()
@@ -184,6 +195,8 @@ def breakdown(case: Path, checkpoint: Path, device: str, tta: bool, output: Path
     save_segmentation(output / "breakdown.nii.gz", seg, properties)
     times["write"] = time.perf_counter() - start
     times["preprocessed_shape"] = list(data.shape[1:])
+    if device == "cuda":
+        times["peak_gpu_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in times.items()}
 
 
@@ -202,11 +215,11 @@ torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer"
 '''
 
 
-def nnunet_model_folder(folder: Path, venv: Path) -> Path:
-    """An nnU-Net v2 model folder with the reference topology and random weights (built inside ``venv``)."""
-    model = folder / "nnunet_model"
+def nnunet_model_folder(folder: Path, venv: Path, topology: str) -> Path:
+    """An nnU-Net v2 model folder with the same topology and random weights (built inside ``venv``)."""
+    model = folder / f"nnunet_model_{topology}"
     (model / "fold_0").mkdir(parents=True, exist_ok=True)
-    spec = TOPOLOGIES["reference"]
+    spec = TOPOLOGIES[topology]
     n = len(spec["features"])
     resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
                   "resampling_fn_seg": "resample_data_or_seg_to_shape",
@@ -291,9 +304,9 @@ def main() -> None:
                 results.append(row)
                 print(json.dumps(row), flush=True)
             if args.nnunet_venv and (args.nnunet_venv / "bin" / "nnUNetv2_predict_from_modelfolder").exists():
-                model = nnunet_model_folder(work, args.nnunet_venv)
-                for tta in (True, False):
-                    row = {"tool": "nnunetv2", "device": device, "topology": "reference", "mirroring": tta,
+                model = nnunet_model_folder(work, args.nnunet_venv, topology)
+                for tta in ((True, False) if device == "cuda" or args.cpu_tta else (False,)):
+                    row = {"tool": "nnunetv2", "device": device, "topology": topology, "mirroring": tta,
                            **run_nnunet(args.nnunet_venv, case.parent, model, work / "nnunet_out", device, tta)}
                     results.append(row)
                     print(json.dumps(row), flush=True)

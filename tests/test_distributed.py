@@ -5,7 +5,6 @@ Run as a script, this module is the torchrun worker: ``python -m torch.distribut
 <covtransfer_train arguments>``.
 """
 
-import functools
 import os
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from covtransfer.cli.train import main
 from covtransfer.network.build import build_from_spec
 from covtransfer.training.distributed import DistributedContext, init_distributed, local_batch
 from covtransfer.training.trainer import Trainer, unwrap
+from tiny_data import preprocessed_roots
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "Dataset001_Blob"
@@ -45,13 +45,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    import covtransfer.preprocessing.pipeline as pipeline
-    from tiny_data import preprocessed_roots
-
-    with pytest.MonkeyPatch.context() as patch:  # a 1e5-voxel fingerprint sample: seconds instead of tens
-        patch.setattr(pipeline, "compute_fingerprint",
-                      functools.partial(pipeline.compute_fingerprint, voxel_budget=10 ** 5))
-        return preprocessed_roots(tmp_path_factory.mktemp("data"), {1: ("Blob", 6, 0)})
+    return preprocessed_roots(tmp_path_factory.mktemp("data"), {1: ("Blob", 6, 0)})
 
 
 def test_two_gloo_processes_end_with_identical_weights(roots, tmp_path):

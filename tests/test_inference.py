@@ -407,3 +407,18 @@ def test_truncated_image_fails_with_its_name_and_leaves_no_partial_file(tmp_path
     with pytest.raises(CovtransferError, match="z_0000.nii.gz: unreadable image"):
         main(["-i", str(images), "-o", str(out), "-d", "1", "-t", "scratch", "--results", str(results), "--quiet"])
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.gpu
+def test_cuda_prediction_matches_the_cpu(tmp_path):
+    plans = make_plans(spacing=(2.0, 1.0, 1.0), transpose=(0, 2, 1))
+    checkpoint = save_checkpoint(tmp_path / "fold_0", plans)
+    write_case(tmp_path / "images", "a", shape=(20, 40, 36))
+    [case] = discover_cases(tmp_path / "images")
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = load_model(checkpoint, device)
+        results[device] = Predictor([model], device, save_probabilities=True).predict_case(case)
+    difference = np.abs(results["cpu"].probabilities.astype(np.float32) - results["cuda"].probabilities)
+    assert results["cuda"].segmentation.shape == (20, 40, 36) and difference.max() < 0.05
+    assert (results["cpu"].segmentation == results["cuda"].segmentation).mean() > 0.99

@@ -216,8 +216,6 @@ class Predictor:
         first = self.models[0]
         self.plans, self.configuration_name = first.plans, first.configuration_name
         self.preprocessor = CasePreprocessor(first.plans, first.configuration_name)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
 
     @property
     def num_input_channels(self) -> int:
