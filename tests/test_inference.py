@@ -187,6 +187,25 @@ def test_export_resamples_anisotropic_predictions_back_close_to_the_truth():
     assert not seg[image == 0].any()
 
 
+@pytest.mark.parametrize("target, orders", [((1.0, 1.0, 1.0), (1, 1, 1)), ((4.0, 1.0, 1.0), (0, 1, 1)),
+                                             ((1.0, 4.0, 1.0), (1, 0, 1)), ((1.0, 1.0, 4.0), (1, 1, 0))])
+def test_export_resampling_equals_scipy_zoom_with_the_separate_z_rule(target, orders):
+    from scipy import ndimage
+    probabilities = torch.rand(2, 5, 12, 10, generator=torch.Generator().manual_seed(0))
+    out_shape = [9, 17, 7]
+    properties = {"shape_after_resampling": [5, 12, 10], "shape_after_cropping": out_shape,
+                  "shape_before_cropping": out_shape, "bbox": [[0, s] for s in out_shape], "target_spacing": target,
+                  "original_spacing": [0.6, 0.7, 0.8], "case_id": "c"}
+    got = probabilities_to_original(probabilities, properties, make_plans(), "3d_fullres").numpy()
+    for k in range(2):
+        expected = probabilities[k].double().numpy()
+        for axis, order in enumerate(orders):  # separable: one axis at a time, in any order
+            zoom = [1.0, 1.0, 1.0]
+            zoom[axis] = out_shape[axis] / expected.shape[axis]
+            expected = ndimage.zoom(expected, zoom, order=order, mode="nearest", grid_mode=True)
+        assert np.abs(got[k] - expected).max() < 1e-5
+
+
 # ---------------------------------------------------------------------------------------- input discovery
 
 

@@ -21,7 +21,7 @@ from covtransfer.data.image_io import read_image
 from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
 from covtransfer.plans import Plans
-from covtransfer.training.api import fold_folder, read_metrics, train
+from covtransfer.training.api import fold_folder, load_task, read_metrics, train
 from covtransfer.training.checkpoint import load_checkpoint
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
@@ -348,6 +348,22 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(roots, tmp_pa
     assert [r["epoch"] for r in read_metrics(folder)] == [0, 1]
     assert not (folder / "checkpoint_final.pt").exists()
 
+
+
+def test_amp_on_trains_in_bf16_on_the_cpu_and_bad_values_are_refused(roots, tmp_path, no_plots):
+    own = results_in(roots, tmp_path / "results")
+    with pytest.raises(CovtransferError, match="--amp 'fast': use auto, on or off"):
+        train([1], make_strategy("scratch"), 0, own, settings(amp="fast"))
+    assert not own.results.exists()
+    task = load_task(own, 1, "3d_fullres", 0)
+    trainer = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "fold", settings(amp="on"))
+    assert trainer.amp_dtype == torch.bfloat16
+    seen = []
+    trainer.network.register_forward_hook(lambda module, inputs, output: seen.append(output[0].dtype))
+    trainer.fit()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(torch.isfinite(t).all() for t in trainer.network.state_dict().values() if t.is_floating_point())
+    assert Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "other", settings()).amp_dtype is None
 
 # ----------------------------------------------------------------------------------------------------- CLI
 def test_cli_trains_a_fold(roots, tmp_path, capsys, no_plots):

@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--val-iters", type=int, default=defaults.val_iters)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                   help="mixed precision (auto: on GPUs only; on: also bf16 on the CPU)")
     p.add_argument("--tolerance-mm", type=float, default=3.0, help="NSD tolerance in mm (default 3)")
     p.add_argument("--no-tta", action="store_true", help="predict the test cases without mirroring")
     p.add_argument("-o", "--output", help="study folder (default RESULTS/<target>/study)")
@@ -40,11 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     strategies = [s for s in args.strategies.split(",") if s]
     if not strategies:
         raise CovtransferError("--strategies is empty")
-    settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                                device=args.device, seed=args.seed, final_validation=False)
-    pretrain_settings = TrainingSettings(epochs=args.pretrain_epochs or args.epochs,
-                                         iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                                         device=args.device, seed=args.seed, final_validation=False)
+    common = dict(iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, device=args.device, seed=args.seed,
+                  amp=args.amp, final_validation=False)
+    settings = TrainingSettings(epochs=args.epochs, **common)
+    pretrain_settings = TrainingSettings(epochs=args.pretrain_epochs or args.epochs, **common)
     spec = StudySpec(target=args.target, sources=args.sources, strategies=strategies, folds=args.folds,
                      pretrain=args.pretrain, settings=settings, pretrain_settings=pretrain_settings,
                      preset=args.preset, gpu_memory_gb=args.gpu_memory_gb, tolerance_mm=args.tolerance_mm,

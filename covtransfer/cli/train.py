@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=defaults.lr, help=f"initial learning rate (default {defaults.lr})")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                   help="mixed precision: auto = on GPUs only (bf16, or fp16 with loss scaling); on = also on the CPU "
+                        "(bf16, about twice as fast there); off = fp32 everywhere")
     p.add_argument("--save-every", type=int, default=defaults.save_every,
                    help=f"write checkpoint_latest.pt every N epochs (default {defaults.save_every})")
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
@@ -54,9 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     strategy = make_strategy(args.strategy, args.freeze, args.adapted_lr_scale)
     settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                                lr=args.lr, device=args.device, compile=args.compile, save_every=args.save_every,
-                                seed=args.seed, num_workers=args.num_workers, source_weights=args.source_weights,
-                                final_validation=not args.no_final_validation)
+                                lr=args.lr, device=args.device, compile=args.compile, amp=args.amp,
+                                save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
+                                source_weights=args.source_weights, final_validation=not args.no_final_validation)
     folder = train(args.dataset, strategy, args.fold, roots_from_args(args), settings, args.configuration,
                    args.pretrained, args.resume, args.tag)
     print(f"done: {folder}")

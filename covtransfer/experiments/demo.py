@@ -64,12 +64,10 @@ def run_demo(output: Path, device: str = "auto", seed: int = 0) -> tuple[list[di
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     scale = GPU_SCALE if on_gpu else CPU_SCALE
     make_demo_data(roots, scale, seed)
-    settings = TrainingSettings(epochs=scale.epochs, iters_per_epoch=scale.iters_per_epoch,
-                                val_iters=scale.val_iters, save_every=5, device=device, seed=seed + 12345,
-                                final_validation=False)
-    pretrain_settings = TrainingSettings(epochs=scale.pretrain_epochs, iters_per_epoch=scale.iters_per_epoch,
-                                         val_iters=scale.val_iters, save_every=5, device=device,
-                                         seed=seed + 12345, final_validation=False)
+    common = dict(iters_per_epoch=scale.iters_per_epoch, val_iters=scale.val_iters, save_every=5, device=device,
+                  seed=seed + 12345, amp="on", final_validation=False)
+    settings = TrainingSettings(epochs=scale.epochs, **common)
+    pretrain_settings = TrainingSettings(epochs=scale.pretrain_epochs, **common)
     spec = StudySpec(target=str(TARGET), sources=[str(TUMOR), str(EFFUSION)], strategies=list(DEFAULT_STRATEGIES),
                      folds=["all"], pretrain="multi", settings=settings, pretrain_settings=pretrain_settings,
                      preset=scale.preset, fingerprint_voxels=DEMO_FINGERPRINT_VOXELS)

@@ -30,7 +30,8 @@ def fold_folder(roots: Roots, dataset_names: list[str], strategy: str, fold: str
     return roots.results / run_name(dataset_names) / name / f"fold_{fold}"
 
 
-def _load_task(roots: Roots, dataset_id: str | int, configuration: str, fold: str | int) -> TrainingTask:
+def load_task(roots: Roots, dataset_id: str | int, configuration: str, fold: str | int) -> TrainingTask:
+    """A dataset to train on: its preprocessed folder, plans and the training/validation cases of ``fold``."""
     try:
         folder = find_dataset(roots.preprocessed, dataset_id)
     except CovtransferError as exc:
@@ -98,7 +99,7 @@ def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roo
     """Train one fold and validate it; returns the fold folder."""
     if len(dataset_ids) > 1 and strategy.name != "pretrain":
         raise CovtransferError(f"-t {strategy.name} trains on one dataset; several datasets need -t pretrain")
-    tasks = [_load_task(roots, d, configuration, fold) for d in dataset_ids]
+    tasks = [load_task(roots, d, configuration, fold) for d in dataset_ids]
     for task in tasks[1:]:
         if not _same_plans(tasks[0].plans, task.plans, configuration):
             raise CovtransferError(

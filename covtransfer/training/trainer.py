@@ -50,6 +50,7 @@ class TrainingSettings:
     seed: int = 12345
     device: str = "auto"
     compile: bool = False
+    amp: str = "auto"
     num_workers: int | None = None
     source_weights: list[float] | None = None
     final_validation: bool = True
@@ -141,9 +142,15 @@ class Trainer:
         self.log = RunLog(self.output_folder) if self.context.is_main else None
 
     def _amp_dtype(self) -> torch.dtype | None:
-        if self.device.type != "cuda":
+        """Mixed precision: on GPUs by default (bf16 where supported), on CPUs only when asked (bf16)."""
+        amp = self.settings.amp
+        if amp not in ("auto", "on", "off"):
+            raise CovtransferError(f"--amp {amp!r}: use auto, on or off")
+        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
 
     def _wrap(self, network: nn.Module) -> nn.Module:
         model = network
