@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from covtransfer.atomic import atomic_path
+from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
 from covtransfer.inference.export import (labels_from_probabilities, probabilities_to_original, save_segmentation,
@@ -34,6 +35,7 @@ from covtransfer.inference.export import (labels_from_probabilities, probabiliti
 from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
 from covtransfer.inference.model_loading import LoadedModel, load_models
 from covtransfer.inference.sliding_window import predict_sliding_window
+from covtransfer.network.build import unwrap_network
 from covtransfer.plans import Configuration, Plans
 from covtransfer.preprocessing.preprocessor import CasePreprocessor
 
@@ -42,35 +44,14 @@ POSTPROCESSING_FILE = "postprocessing.json"
 _VOXELS_PER_FORWARD = {"cuda": 1 << 23, "cpu": 1 << 21}
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CovtransferError("--device cuda: no CUDA device is available (use --device cpu)")
-    return device
-
-
 def default_windows_per_batch(patch_size: Sequence[int], device: torch.device) -> int:
     """How many windows one forward pass takes: enough to keep the device busy, few enough to bound memory."""
     budget = _VOXELS_PER_FORWARD["cuda" if device.type == "cuda" else "cpu"]
     return int(min(16, max(1, budget // math.prod(int(p) for p in patch_size))))
 
 
-def _base_module(model: nn.Module) -> nn.Module:
-    """The plain network under DDP (``.module``) or torch.compile (``._orig_mod``) wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def _num_classes(model: nn.Module, task: str | None) -> int:
-    heads = getattr(_base_module(model), "heads", None)
+    heads = getattr(unwrap_network(model), "heads", None)
     if heads is None:
         raise ValueError("num_classes must be given for a model without covtransfer segmentation heads")
     head_set = heads[heads.resolve_task(task)] if hasattr(heads, "resolve_task") else heads[task]
@@ -80,7 +61,7 @@ def _num_classes(model: nn.Module, task: str | None) -> int:
 @contextlib.contextmanager
 def _inference_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and deep supervision off for the duration, restored afterwards (the trainer's model is live)."""
-    base = _base_module(model)
+    base = unwrap_network(model)
     was_training = model.training
     supervision = getattr(base, "deep_supervision", None)
     model.eval()

@@ -85,3 +85,12 @@ def state_dict_mismatches(network: nn.Module, state_dict: dict[str, torch.Tensor
 
 def _shape(value: object) -> tuple[int, ...] | str:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def unwrap_network(model: nn.Module) -> nn.Module:
+    """The plain network under ``DistributedDataParallel`` (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner

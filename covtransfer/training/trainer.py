@@ -17,7 +17,8 @@ from torch import nn
 
 from covtransfer.atomic import write_json
 from covtransfer.errors import CovtransferError
-from covtransfer.network.build import build_network, network_spec
+from covtransfer.devices import resolve_device
+from covtransfer.network.build import build_network, network_spec, unwrap_network
 from covtransfer.plans import Plans
 from covtransfer.training import distributed
 from covtransfer.training.augment.deep_supervision import deep_supervision_scales, downsample_seg_for_ds
@@ -72,26 +73,9 @@ class TrainingTask:
         return max(self.plans.labels.values()) + 1
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CovtransferError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise CovtransferError(f"--device {name!r}: use cpu, cuda or auto")
-    return torch.device(name)
-
-
 def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float) -> float:
     """Polynomial decay: ``base_lr × (1 − epoch / epochs) ^ exponent``."""
     return base_lr * (1 - epoch / epochs) ** exponent
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain network inside DDP and torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
 
 
 @dataclass
@@ -173,7 +157,7 @@ class Trainer:
         """Everything needed to predict with this model and to resume this run exactly."""
         return {
             "format": FORMAT, "version": 1,
-            "network": self.spec, "state_dict": unwrap(self.model).state_dict(),
+            "network": self.spec, "state_dict": unwrap_network(self.model).state_dict(),
             "plans": self.plans.to_dict(), "configuration_name": self.configuration_name,
             "dataset_name": self.tasks[0].name, "tasks": [t.name for t in self.tasks],
             "labels": dict(self.plans.labels), "predict_head": self.tasks[0].name,
@@ -200,7 +184,7 @@ class Trainer:
         checkpoint = load_checkpoint(path)
         if checkpoint["network"] != self.spec:
             raise CovtransferError(f"{path}: was trained with another network or plans; cannot continue it here")
-        unwrap(self.model).load_state_dict(checkpoint["state_dict"])
+        unwrap_network(self.model).load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["grad_scaler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
