@@ -16,8 +16,7 @@ $(BIN)/covtransfer-installed: setup.py
 setup: $(BIN)/covtransfer-installed
 
 demo: setup
-	$(BIN)/covtransfer_make_synthetic covid -d 1 -n 4 --test 2 --size small --overwrite
-	$(BIN)/covtransfer_verify -d 1
+	$(BIN)/covtransfer_demo
 
 test: setup
 	$(BIN)/python -m pytest -q

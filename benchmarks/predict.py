@@ -3,8 +3,8 @@
 The case is a ``clinical`` synthetic chest CT (512 × 512 × ~240 voxels, int16, .nii.gz). The model is the reference
 topology (patch 56 × 160 × 192, features 32 … 320, 6 stages, spacing 1.5 × 1 × 1 mm) with random weights: this
 measures speed, not accuracy. Each run is a fresh ``python -m covtransfer.cli.predict`` process, with and without
-mirroring; the peak resident memory is that process's own (``os.wait4``), the GPU memory the peak that
-``nvidia-smi`` saw. ``--breakdown`` also times the stages in-process (read + preprocess, network, export, write).
+mirroring; CPU time and peak resident memory are that process's own (``os.wait4``), the GPU memory the peak
+that ``nvidia-smi`` saw. ``--breakdown`` also times the stages in-process (read + preprocess, network, export, write).
 
 On a CPU the reference network with mirroring takes very long; ``--cpu-topology small`` (the default on a CPU)
 uses patch 48 × 128 × 128 and features 16 … 128 (5 stages) instead, and says so in the output.
@@ -123,7 +123,8 @@ class GpuMemoryPoller:
 
 
 def timed_process(command: list[str], gpu: bool, env: dict | None = None) -> dict:
-    """Run ``command``; wall seconds, peak RSS (MiB) of the process tree's largest member, peak GPU MiB."""
+    """Run ``command``: wall seconds, CPU seconds (user + system, the process and the children it waited for: on a
+    shared machine less noisy than wall time), peak RSS (MiB) of the largest of those processes, peak GPU MiB."""
     poller = GpuMemoryPoller() if gpu and shutil.which("nvidia-smi") else None
     start = time.perf_counter()
     if poller:
@@ -137,7 +138,8 @@ def timed_process(command: list[str], gpu: bool, env: dict | None = None) -> dic
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024),
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024),
             "peak_gpu_mib": poller.peak if poller else None}
 
 

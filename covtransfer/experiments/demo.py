@@ -39,8 +39,8 @@ class DemoScale:
     val_iters: int
 
 
-CPU_SCALE = DemoScale(size="small", preset="cpu", n_source_cases=8, pretrain_epochs=20, epochs=10,
-                      iters_per_epoch=20, val_iters=4)
+CPU_SCALE = DemoScale(size="small", preset="cpu", n_source_cases=8, pretrain_epochs=40, epochs=24,
+                      iters_per_epoch=25, val_iters=3)
 GPU_SCALE = DemoScale(size="small", preset=None, n_source_cases=16, pretrain_epochs=50, epochs=50,
                       iters_per_epoch=50, val_iters=10)
 
@@ -70,7 +70,7 @@ def run_demo(output: Path, device: str = "auto", seed: int = 0) -> tuple[list[di
     pretrain_settings = TrainingSettings(epochs=scale.pretrain_epochs, **common)
     spec = StudySpec(target=str(TARGET), sources=[str(TUMOR), str(EFFUSION)], strategies=list(DEFAULT_STRATEGIES),
                      folds=["all"], pretrain="multi", settings=settings, pretrain_settings=pretrain_settings,
-                     preset=scale.preset, fingerprint_voxels=DEMO_FINGERPRINT_VOXELS)
+                     preset=scale.preset, fingerprint_voxels=DEMO_FINGERPRINT_VOXELS, tta=on_gpu)
     study_folder = output / "study"
     rows = Study(spec, roots, study_folder).run()
     return rows, study_folder, time.perf_counter() - start

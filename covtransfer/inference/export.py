@@ -202,7 +202,8 @@ def labels_from_probabilities(probabilities: torch.Tensor, label_values: Sequenc
 
 
 def save_segmentation(path: str | os.PathLike, seg: np.ndarray, properties: dict) -> None:
-    """Write a label map on the input grid with the case's original geometry (atomically; the ending picks the format)."""
+    """Write a label map on the input grid with the case's original geometry, atomically (the ending picks the
+    format)."""
     expected = [int(s) for s in properties["original_shape"]]
     if list(seg.shape) != expected:
         raise ValueError(f"segmentation of shape {list(seg.shape)} does not match the original shape {expected}")

@@ -1,4 +1,5 @@
-"""Finding the cases to predict: a file, a folder of ``<case>_0000.*`` files, a folder of plain images, or a raw dataset.
+"""Finding the cases to predict: a file, a folder of ``<case>_0000.*`` files, a folder of plain images, or a raw
+dataset.
 
 Channels of a case are the files ``<case>_0000<ending>``, ``<case>_0001<ending>`` ...; a folder in which every image
 is named that way is read as such cases. Otherwise every image in the folder is one single-channel case, named
