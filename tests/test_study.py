@@ -77,6 +77,7 @@ def test_interrupted_training_is_resumed(study_run):
 def test_convergence_epoch_and_aggregate():
     history = [{"epoch": i, "ema_dice": v} for i, v in enumerate([0.1, 0.5, 0.75, 0.8])]
     assert convergence_epoch(history) == 2  # 0.75 >= 0.9 * 0.8 = 0.72
+    assert convergence_epoch([{"epoch": i, "ema_dice": 0.0} for i in range(3)]) is None  # never learned
     per_case = [{"case": "a", "fold": "0", "label": 1, "dice": 0.5, "nsd": 0.6, "hd95": 1.0, "sensitivity": 0.5,
                  "precision": 0.5, "specificity": 1.0, "accuracy": 1.0, "mcc": 0.5, "n_ref": 4, "n_pred": 4},
                 {"case": "b", "fold": "0", "label": 1, "dice": 0.7, "nsd": 0.8, "hd95": 1.0, "sensitivity": 0.7,

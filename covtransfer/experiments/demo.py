@@ -21,8 +21,7 @@ from covtransfer.experiments.study import DEFAULT_STRATEGIES, Study, StudySpec
 from covtransfer.training.trainer import TrainingSettings
 
 TARGET, TUMOR, EFFUSION = 501, 502, 503
-# foreground samples for the fingerprints: a tenth of nnU-Net's 1e8 keeps the demo's memory and time down while
-# the intensity percentiles stay stable to well under 1 HU on these volumes
+# foreground samples for the fingerprints: a tenth of nnU-Net's 1e8 keeps the demo's memory and time down
 DEMO_FINGERPRINT_VOXELS = 10 ** 7
 
 
@@ -39,8 +38,8 @@ class DemoScale:
     val_iters: int
 
 
-CPU_SCALE = DemoScale(size="small", preset="cpu", n_source_cases=8, pretrain_epochs=40, epochs=24,
-                      iters_per_epoch=25, val_iters=3)
+CPU_SCALE = DemoScale(size="small", preset="cpu", n_source_cases=8, pretrain_epochs=36, epochs=24,
+                      iters_per_epoch=24, val_iters=2)
 GPU_SCALE = DemoScale(size="small", preset=None, n_source_cases=16, pretrain_epochs=50, epochs=50,
                       iters_per_epoch=50, val_iters=10)
 

@@ -21,14 +21,23 @@ def _name(row: dict) -> str:
     return row["strategy"] if row["pretraining"] == "none" else f"{row['strategy']} ({row['pretraining']})"
 
 
+def _number(value: float) -> str:
+    return f"{value:.1f}" if np.isfinite(value) else "n/a"
+
+
+def _percent(mean: float, std: float) -> str:
+    """``mean ± std`` in percent; ``n/a`` where undefined (e.g. precision when nothing was predicted)."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if np.isfinite(mean) else "n/a"
+
+
 def results_table(rows: list[dict]) -> str:
     """The results as a Markdown table (metrics in %, mean ± std over all test cases of all folds)."""
     header = ["pre-training", "strategy", "cases"] + [c for c, _ in COLUMNS] + ["train min/fold", "conv. epoch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["pretraining"], row["strategy"], str(row["num_cases"])]
-        cells += [f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}" for _, m in COLUMNS]
-        cells += [f"{row['training_minutes']:.1f}", f"{row['convergence_epoch']:.1f}"]
+        cells += [_percent(row[f"{m}_mean"], row[f"{m}_std"]) for _, m in COLUMNS]
+        cells += [_number(row["training_minutes"]), _number(row["convergence_epoch"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -180,7 +180,7 @@ class Study:
 def convergence_epoch(history: list[dict], fraction: float = 0.9) -> int | None:
     """First epoch whose moving-average validation Dice reaches ``fraction`` of its final value."""
     values = [r["ema_dice"] for r in history if r.get("ema_dice") is not None and np.isfinite(r["ema_dice"])]
-    if not values:
+    if not values or values[-1] <= 0:
         return None
     goal = fraction * values[-1]
     return next(i for i, v in enumerate(values) if v >= goal)

@@ -32,6 +32,7 @@ from covtransfer.training.sampler import PatchSampler
 from covtransfer.training.strategies import Strategy
 
 EMA_DECAY = 0.9
+PLOT_INTERVAL_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch): drawing takes ~0.2 s
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Trainer:
         self.model: nn.Module = self._wrap(self.network)
         self.state = _State()
         self.log = RunLog(self.output_folder) if self.context.is_main else None
+        self._last_plot = -math.inf
 
     def _amp_dtype(self) -> torch.dtype | None:
         """Mixed precision: on GPUs by default (bf16 where supported), on CPUs only when asked (bf16)."""
@@ -305,10 +307,12 @@ class Trainer:
         self.state.epoch, self.state.ema = epoch + 1, ema
         self.state.history.append(record)
         self.log_line(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                  f"pseudo Dice {val_dice:.4f} (EMA {ema:.4f}), lr {lr:.2e}, {record['epoch_time']:.1f} s")
+                      f"pseudo Dice {val_dice:.4f} (EMA {ema:.4f}), lr {lr:.2e}, {record['epoch_time']:.1f} s")
         if self.log is not None:
             self.log.write_history(self.state.history)
-            self.log.plot(self.state.history)
+            if epoch + 1 == s.epochs or time.perf_counter() - self._last_plot >= PLOT_INTERVAL_S:
+                self.log.plot(self.state.history)
+                self._last_plot = time.perf_counter()
         if ema > self.state.best_ema:
             self.state.best_ema = ema
             self._save("checkpoint_best.pt")
