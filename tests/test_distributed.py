@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from covtransfer.cli.train import main
-from covtransfer.network.build import build_from_spec
+from covtransfer.network.build import build_from_spec, unwrap_network
 from covtransfer.training.distributed import DistributedContext, init_distributed, local_batch
-from covtransfer.training.trainer import Trainer, unwrap
+from covtransfer.training.trainer import Trainer
 from tiny_data import preprocessed_roots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def _worker(out: Path, argv: list[str]) -> int:
     close = Trainer.close
 
     def save_and_close(self: Trainer) -> None:
-        torch.save(unwrap(self.model).state_dict(), out / f"rank{self.context.rank}.pt")
+        torch.save(unwrap_network(self.model).state_dict(), out / f"rank{self.context.rank}.pt")
         (out / f"rank{self.context.rank}.txt").write_text(f"{self.context.world_size} {self.context.local_rank}")
         close(self)
 
