@@ -20,9 +20,9 @@ from covtransfer.config import Roots
 from covtransfer.data.image_io import read_image
 from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.plans import Plans
 from covtransfer.training.api import fold_folder, load_task, read_metrics, train
-from covtransfer.training.checkpoint import load_checkpoint
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
 from covtransfer.training.strategies import make_strategy

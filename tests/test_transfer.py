@@ -23,6 +23,7 @@ from covtransfer.inference.model_loading import load_model
 from covtransfer.inference.predictor import predict_folder, predict_logits
 from covtransfer.inference.sliding_window import predict_sliding_window
 from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import UNet
 from covtransfer.plans import Plans
@@ -30,7 +31,6 @@ from covtransfer.preprocessing.pipeline import plan_and_preprocess
 from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import train
 from covtransfer.training.batch_stream import BatchStream
-from covtransfer.training.checkpoint import load_checkpoint, save_checkpoint
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
 from tiny_data import FINGERPRINT_VOXELS, preprocessed_roots, write_raw_dataset

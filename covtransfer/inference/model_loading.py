@@ -19,9 +19,9 @@ from torch import nn
 from covtransfer.config import find_dataset
 from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.plans import Configuration, Plans
 
-CHECKPOINT_FORMAT = "covtransfer-checkpoint"
 CHECKPOINT_CHOICES = ("final", "best", "latest")
 _FOLD = re.compile(r"fold_(\d+|all)")
 
@@ -52,20 +52,6 @@ class LoadedModel:
         """Label value of each class index (sorted label values of the plans, which are usually 0..K-1)."""
         values = sorted(set(int(v) for v in self.plans.labels.values()))
         return values if len(values) == self.num_classes else list(range(self.num_classes))
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file safely (``weights_only``) onto the CPU; a one-line error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CovtransferError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many exception types for corrupt or foreign files
-        raise CovtransferError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CovtransferError(f"{path}: not a covtransfer checkpoint")
-    return checkpoint
 
 
 def _fold_key(path: Path) -> tuple[int, str]:
@@ -134,7 +120,7 @@ def dataset_checkpoints(results_root: str | os.PathLike, dataset: str | int, str
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the network of one checkpoint file (deep supervision off, eval mode) on ``device``."""
     path = Path(path)
-    checkpoint = read_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     missing = [k for k in ("network", "state_dict", "plans", "configuration_name") if k not in checkpoint]
     if missing:
         raise CovtransferError(f"{path}: checkpoint lacks {', '.join(missing)}")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from covtransfer.config import Roots, find_dataset
 from covtransfer.errors import CovtransferError
+from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.plans import Configuration, Plans
-from covtransfer.training.checkpoint import find_checkpoint, load_checkpoint
+from covtransfer.training.checkpoint import find_checkpoint
 from covtransfer.training.splits import fold_cases, load_or_create_splits
 from covtransfer.training.strategies import PLANS_HINT, Strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask

@@ -19,13 +19,14 @@ from covtransfer.atomic import write_json
 from covtransfer.errors import CovtransferError
 from covtransfer.devices import resolve_device
 from covtransfer.network.build import build_network, network_spec, unwrap_network
+from covtransfer.network.checkpoint_io import FORMAT, load_checkpoint, save_checkpoint
 from covtransfer.plans import Plans
 from covtransfer.training import distributed
 from covtransfer.training.augment.deep_supervision import deep_supervision_scales, downsample_seg_for_ds
 from covtransfer.training.augment.pipeline import build_training_pipeline
 from covtransfer.training.batch_stream import BatchStream, batch_loader, seed_for
 from covtransfer.training.case_store import CaseStore
-from covtransfer.training.checkpoint import FORMAT, load_checkpoint, newest_checkpoint, save_checkpoint
+from covtransfer.training.checkpoint import newest_checkpoint
 from covtransfer.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, tp_fp_fn
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.sampler import PatchSampler
