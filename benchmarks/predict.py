@@ -9,7 +9,14 @@ that ``nvidia-smi`` saw. ``--breakdown`` also times the stages in-process (read 
 On a CPU the reference network with mirroring takes very long; ``--cpu-topology small`` (the default on a CPU)
 uses patch 48 × 128 × 128 and features 16 … 128 (5 stages) instead, and says so in the output.
 
-Usage: ``python benchmarks/predict.py [--devices cpu cuda] [--work DIR] [--breakdown] [--nnunet-venv PATH]``.
+``--case tiny --cpu-topology tiny`` (a 30 × 55 × 60 case, a 3-stage network at 6 mm) checks the plumbing in seconds.
+``--tools`` picks whose prediction runs (both by default), so that one ``--work`` folder serves two invocations;
+``--prepare-only`` writes the case and checkpoints there and stops. ``--nnunet-python`` names an interpreter that
+imports nnunetv2 (e.g. ``python3`` with an unpacked ``.sitepack`` on ``PYTHONPATH``) instead of ``--nnunet-venv``.
+
+Usage: ``python benchmarks/predict.py [--devices cpu cuda] [--work DIR] [--breakdown] [--nnunet-venv PATH]
+[--nnunet-python PATH] [--tools covtransfer nnunetv2] [--case clinical|small|tiny] [--case-index N]
+[--prepare-only]``.
 """
 
 from __future__ import annotations
@@ -40,13 +47,16 @@ TOPOLOGIES = {
                   "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]},
     "small": {"patch": [48, 128, 128], "features": [16, 32, 64, 128, 128],
               "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]},
+    # plumbing checks only: a coarse grid so that a ``--case tiny`` volume is a handful of windows
+    "tiny": {"patch": [16, 32, 32], "features": [8, 16, 32], "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+             "spacing": [6.0, 6.0, 6.0]},
 }
 SPACING = [1.5, 1.0, 1.0]
 CT = {"mean": -450.0, "std": 420.0, "lower": -1024.0, "upper": 600.0}
 TASK = "Dataset900_Bench"
 
 
-def make_case(folder: Path) -> Path:
+def make_case(folder: Path, size: str = "clinical", index: int = 0) -> Path:
     """A clinical-size synthetic CT (or a stand-in volume if the generator is unavailable) as case_0000.nii.gz."""
     path = folder / "images" / "case_0000.nii.gz"
     if path.is_file():
@@ -54,7 +64,7 @@ def make_case(folder: Path) -> Path:
     try:
         from covtransfer.datasets.phantom import generate_case
         from covtransfer.datasets.synthetic import case_rng
-        image, _, spacing = generate_case("covid", "clinical", case_rng(0, "covid", 0))
+        image, _, spacing = generate_case("covid", size, case_rng(0, "covid", index))
     except ImportError:
         rng = np.random.default_rng(0)
         image = (rng.normal(-700, 200, (200, 512, 512))).astype(np.int16)
@@ -66,13 +76,14 @@ def make_case(folder: Path) -> Path:
 def make_plans(topology: str) -> Plans:
     spec = TOPOLOGIES[topology]
     n = len(spec["features"])
+    spacing = spec.get("spacing", SPACING)
     configuration = Configuration(
-        name="3d_fullres", spacing=SPACING, patch_size=spec["patch"], batch_size=2,
+        name="3d_fullres", spacing=spacing, patch_size=spec["patch"], batch_size=2,
         features_per_stage=spec["features"], kernel_sizes=[[3, 3, 3]] * n, strides=spec["strides"],
         median_image_size=[176, 335, 335], normalization=[ChannelNormalization("CT", **CT)],
         data_identifier="3d_fullres")
     return Plans(dataset_name=TASK, channel_names={"0": "CT"}, labels={"background": 0, "lesion": 1},
-                 transpose_forward=[0, 1, 2], transpose_backward=[0, 1, 2], original_median_spacing=SPACING,
+                 transpose_forward=[0, 1, 2], transpose_backward=[0, 1, 2], original_median_spacing=spacing,
                  original_median_shape=[176, 335, 335], configurations={"3d_fullres": configuration})
 
 
@@ -217,12 +228,14 @@ torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer"
 '''
 
 
-def nnunet_model_folder(folder: Path, venv: Path, topology: str) -> Path:
-    """An nnU-Net v2 model folder with the same topology and random weights (built inside ``venv``)."""
+def nnunet_model_folder(folder: Path, python: Path, topology: str) -> Path:
+    """An nnU-Net v2 model folder with the same topology and random weights (built by ``python``, which imports
+    nnunetv2)."""
     model = folder / f"nnunet_model_{topology}"
     (model / "fold_0").mkdir(parents=True, exist_ok=True)
     spec = TOPOLOGIES[topology]
     n = len(spec["features"])
+    spacing = spec.get("spacing", SPACING)
     resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
                   "resampling_fn_seg": "resample_data_or_seg_to_shape",
                   "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
@@ -232,7 +245,7 @@ def nnunet_model_folder(folder: Path, venv: Path, topology: str) -> Path:
                                                          "force_separate_z": None}}
     plans = {
         "dataset_name": TASK, "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
-        "original_median_spacing_after_transp": SPACING, "original_median_shape_after_transp": [176, 335, 335],
+        "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": [176, 335, 335],
         "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {"0": {
@@ -241,7 +254,7 @@ def nnunet_model_folder(folder: Path, venv: Path, topology: str) -> Path:
         "configurations": {"3d_fullres": {
             "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
             "batch_size": 2, "patch_size": spec["patch"], "median_image_size_in_voxels": [176, 335, 335],
-            "spacing": SPACING, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "spacing": spacing, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
             **resampling, "batch_dice": False,
             "architecture": {
                 "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -259,15 +272,29 @@ def nnunet_model_folder(folder: Path, venv: Path, topology: str) -> Path:
     (model / "dataset.json").write_text(json.dumps(dataset, indent=1))
     script = folder / "nnunet_setup.py"
     script.write_text(NNUNET_SETUP)
-    subprocess.run([str(venv / "bin" / "python"), str(script), str(model / "plans.json"),
+    subprocess.run([str(python), str(script), str(model / "plans.json"),
                     str(model / "dataset.json"), str(model)], check=True)
     return model
 
 
-def run_nnunet(venv: Path, images: Path, model: Path, output: Path, device: str, tta: bool) -> dict:
+# nnU-Net's console script, for an interpreter that imports nnunetv2 but has no scripts installed (a .sitepack)
+NNUNET_PREDICT = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder "
+                  "as f; sys.argv[0] = 'nnUNetv2_predict_from_modelfolder'; sys.exit(f())")
+
+
+def nnunet_predict_command(venv: Path | None, python: Path | None) -> list[str] | None:
+    """How to start nnU-Net's prediction: the venv's console script, else ``python -c``; None if neither is there."""
+    if python is not None:
+        return [str(python), "-c", NNUNET_PREDICT]
+    if venv is not None and (venv / "bin" / "nnUNetv2_predict_from_modelfolder").exists():
+        return [str(venv / "bin" / "nnUNetv2_predict_from_modelfolder")]
+    return None
+
+
+def run_nnunet(predict: list[str], images: Path, model: Path, output: Path, device: str, tta: bool) -> dict:
     shutil.rmtree(output, ignore_errors=True)
-    command = [str(venv / "bin" / "nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(output),
-               "-m", str(model), "-f", "0", "-device", device] + ([] if tta else ["--disable_tta"])
+    command = predict + ["-i", str(images), "-o", str(output),
+                         "-m", str(model), "-f", "0", "-device", device] + ([] if tta else ["--disable_tta"])
     env = dict(os.environ, nnUNet_raw=str(output), nnUNet_preprocessed=str(output), nnUNet_results=str(output))
     return timed_process(command, device == "cuda", env)
 
@@ -283,20 +310,41 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="also time the stages in-process")
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting (the fastest is reported)")
     parser.add_argument("--nnunet-venv", type=Path, help="a virtual environment with nnunetv2: time it too")
+    parser.add_argument("--nnunet-python", type=Path,
+                        help="instead of --nnunet-venv: an interpreter that imports nnunetv2 (e.g. python3 with a "
+                             "sitepack on PYTHONPATH)")
+    parser.add_argument("--tools", nargs="+", choices=("covtransfer", "nnunetv2"), default=["covtransfer", "nnunetv2"],
+                        help="whose prediction to time (default both; nnunetv2 only with --nnunet-venv/-python)")
+    parser.add_argument("--case", choices=("clinical", "small", "tiny"), default="clinical",
+                        help="synthetic case size (default clinical, 512 x 512 x ~240; tiny for plumbing checks)")
+    parser.add_argument("--case-index", type=int, default=0,
+                        help="which synthetic case (default 0: 244 x 512 x 512; 11: 210 x 512 x 512 at 1.29 mm)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the case and the checkpoints into --work, then stop")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="covtransfer_predict_bench_"))
     results = []
+    nnunet_predict = nnunet_predict_command(args.nnunet_venv, args.nnunet_python)
+    nnunet_python = args.nnunet_python or (args.nnunet_venv / "bin" / "python" if args.nnunet_venv else None)
+    if args.prepare_only:
+        make_case(work, args.case, args.case_index)
+        for device in args.devices:
+            make_checkpoint(work, "reference" if device == "cuda" else args.cpu_topology)
+        print(f"prepared {work}")
+        return
     try:
-        case = make_case(work)
+        case = make_case(work, args.case, args.case_index)
         shape, geometry = read_geometry(case)
-        print(f"case: {shape} voxels (z, y, x) at {tuple(round(s, 3) for s in geometry.spacing)} mm; "
-              f"model spacing {SPACING} mm")
+        topologies = ["reference" if device == "cuda" else args.cpu_topology for device in args.devices]
+        print(f"case: {shape} voxels (z, y, x) at {tuple(round(s, 3) for s in geometry.spacing)} mm; model spacing "
+              f"{', '.join(str(TOPOLOGIES[t].get('spacing', SPACING)) for t in dict.fromkeys(topologies))} mm")
         for device in args.devices:
             topology = "reference" if device == "cuda" else args.cpu_topology
             checkpoint = make_checkpoint(work, topology)
             spec = TOPOLOGIES[topology]
-            for tta in ((True, False) if device == "cuda" or args.cpu_tta else (False,)):
+            tta_settings = (True, False) if device == "cuda" or args.cpu_tta else (False,)
+            for tta in tta_settings if "covtransfer" in args.tools else ():
                 runs = [run_covtransfer(case, checkpoint, work / "out", device, tta) for _ in range(args.repeats)]
                 best = min(runs, key=lambda r: r["seconds"])
                 row = {"tool": "covtransfer", "device": device, "topology": topology, "patch": spec["patch"],
@@ -305,13 +353,19 @@ def main() -> None:
                     row["breakdown"] = breakdown(case, checkpoint, device, tta, work)
                 results.append(row)
                 print(json.dumps(row), flush=True)
-            if args.nnunet_venv and (args.nnunet_venv / "bin" / "nnUNetv2_predict_from_modelfolder").exists():
-                model = nnunet_model_folder(work, args.nnunet_venv, topology)
-                for tta in ((True, False) if device == "cuda" or args.cpu_tta else (False,)):
+                if args.json:  # as it goes: a run cut short keeps its rows
+                    args.json.write_text(json.dumps(results, indent=2) + "\n")
+            if "nnunetv2" in args.tools and nnunet_predict is None and (args.nnunet_venv or args.nnunet_python):
+                print(f"nnunetv2: no nnUNetv2_predict_from_modelfolder in {args.nnunet_venv}; skipped", flush=True)
+            if nnunet_predict and "nnunetv2" in args.tools:
+                model = nnunet_model_folder(work, nnunet_python, topology)
+                for tta in tta_settings:
                     row = {"tool": "nnunetv2", "device": device, "topology": topology, "mirroring": tta,
-                           **run_nnunet(args.nnunet_venv, case.parent, model, work / "nnunet_out", device, tta)}
+                           **run_nnunet(nnunet_predict, case.parent, model, work / "nnunet_out", device, tta)}
                     results.append(row)
                     print(json.dumps(row), flush=True)
+                    if args.json:
+                        args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

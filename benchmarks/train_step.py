@@ -6,15 +6,18 @@
 * **iteration**: ``Trainer.fit`` on a synthetic preprocessed dataset (cases 1.5 × the patch, random intensities
   with ellipsoid lesions): patch sampling in background workers, on-device augmentation, the step. Two epochs of
   ``--iters`` iterations; the second is timed, so worker start-up and compilation are excluded. ``epoch_250_s``
-  scales it to nnU-Net's 250-iteration epoch.
+  scales it to nnU-Net's 250-iteration epoch. ``--epoch-iters 250`` times a real 250-iteration epoch instead
+  (``--iters`` then only sets the step's timed iterations).
 
 Networks: ``reference`` is the study's fixed topology (reference/datasets-and-results.md: patch 56 × 160 × 192,
 batch 2, 32 … 320 features over 6 stages, strides (1,1,1) (1,2,2) (2,2,2) (2,2,2) (2,2,2) (1,2,2), first kernels
 1 × 3 × 3); ``cpu`` is what ``--preset cpu`` plans for a COVID-19-CT-Seg-like fingerprint (20 cases,
-1.5 × 0.75 × 0.75 mm, about 200 × 400 × 400 voxels).
+1.5 × 0.75 × 0.75 mm, about 200 × 400 × 400 voxels). ``--strategy hybrid`` builds the hybrid network (a dedicated
+and an adapted encoder, both random here: speed does not depend on the weights) on the same topology.
 
 Usage: ``python benchmarks/train_step.py [--device auto] [--iters 20] [--warmup 3] [--compile]
-[--networks reference cpu] [--parts step iteration] [--num-workers N] [--out result.json]``.
+[--networks reference cpu] [--strategy scratch|hybrid] [--parts step iteration] [--epoch-iters N]
+[--num-workers N] [--out result.json]``.
 On a 2-core CPU the reference step takes about 10 s: use ``--networks cpu``, or ``--iters 2 --parts step``.
 """
 
@@ -40,7 +43,7 @@ from covtransfer.atomic import write_json  # noqa: E402
 from covtransfer.data.dataset_json import DatasetInfo  # noqa: E402
 from covtransfer.planning.planner import plan_experiment  # noqa: E402
 from covtransfer.plans import ChannelNormalization, Configuration, Plans  # noqa: E402
-from covtransfer.training.strategies import Strategy  # noqa: E402
+from covtransfer.training.strategies import Hybrid, Strategy  # noqa: E402
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask  # noqa: E402
 
 TASK = "Dataset900_Bench"
@@ -69,6 +72,16 @@ def cpu_preset_configuration() -> Configuration:
 
 
 NETWORKS = {"reference": reference_configuration, "cpu": cpu_preset_configuration}
+
+
+class RandomHybrid(Hybrid):
+    """The hybrid strategy with nothing loaded: both encoders stay random (the step costs the same)."""
+
+    def initialise(self, model, pretrained, source=""):
+        return None
+
+
+STRATEGIES = {"scratch": Strategy, "hybrid": RandomHybrid}
 
 
 def make_plans(configuration: Configuration) -> Plans:
@@ -106,10 +119,11 @@ def make_trainer(configuration: Configuration, work: Path, args: argparse.Namesp
     plans = make_plans(configuration)
     case_ids = write_cases(work / TASK / configuration.data_identifier, configuration.patch_size)
     task = TrainingTask(TASK, work / TASK, plans, case_ids, case_ids)
-    settings = TrainingSettings(epochs=2, iters_per_epoch=args.iters, val_iters=0, save_every=10 ** 6,
+    settings = TrainingSettings(epochs=2, iters_per_epoch=args.epoch_iters or args.iters, val_iters=0,
+                                save_every=10 ** 6,
                                 device=args.device, compile=args.compile, num_workers=args.num_workers,
                                 final_validation=False)
-    return Trainer([task], "3d_fullres", Strategy(), work / "run", settings)
+    return Trainer([task], "3d_fullres", STRATEGIES[args.strategy](), work / "run", settings)
 
 
 def synchronize(device: torch.device) -> None:
@@ -160,7 +174,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3; compile needs them)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--networks", nargs="+", choices=sorted(NETWORKS), default=["reference", "cpu"])
+    parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="scratch",
+                        help="network kind: scratch (U-Net, default) or hybrid (two encoders, both random)")
     parser.add_argument("--parts", nargs="+", choices=["step", "iteration"], default=["step", "iteration"])
+    parser.add_argument("--epoch-iters", type=int, default=None,
+                        help="iterations per epoch for the iteration part (default: --iters)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="patch-sampling workers (default: the trainer's, 0 on CPU, up to 8 on GPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -169,7 +187,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    report = {"torch": torch.__version__, "compile": args.compile, "networks": {}}
+    report = {"torch": torch.__version__, "compile": args.compile, "strategy": args.strategy, "networks": {}}
     with tempfile.TemporaryDirectory(prefix="covtransfer_bench_") as tmp:
         for name in args.networks:
             configuration = NETWORKS[name]()
@@ -180,16 +198,20 @@ def main() -> None:
                       "features_per_stage": configuration.features_per_stage, "strides": configuration.strides,
                       "kernel_sizes": configuration.kernel_sizes,
                       "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off"}
+            report["networks"][name] = result  # written after each part: a run cut short keeps what it measured
             if "step" in args.parts:
                 result["step_ms"] = time_step(trainer, args.iters, args.warmup)
                 print(f"{name}: step {result['step_ms']['mean']:.1f} ms (median {result['step_ms']['median']:.1f}, "
                       f"min {result['step_ms']['min']:.1f}) over {args.iters}, {report['device_name']}", flush=True)
+                if args.out:
+                    write_json(args.out, report)
             if "iteration" in args.parts:
-                result["iteration_ms"] = time_iteration(trainer, args.iters)
+                result["iteration_ms"] = time_iteration(trainer, args.epoch_iters or args.iters)
                 it = result["iteration_ms"]
                 print(f"{name}: full iteration {it['mean']:.1f} ms ({it['num_workers']} workers; 250 iterations "
                       f"{it['epoch_250_s']:.1f} s)", flush=True)
-            report["networks"][name] = result
+            if args.out:
+                write_json(args.out, report)
             trainer.close()
             del trainer
             if torch.cuda.is_available():

@@ -61,6 +61,7 @@ class Configuration:
     normalization: list[ChannelNormalization] = field(default_factory=list)
     resampling: ResamplingSettings = field(default_factory=ResamplingSettings)
     data_identifier: str = ""
+    batch_dice: bool = False
 
     @property
     def n_stages(self) -> int:

@@ -19,7 +19,8 @@ from covtransfer.training.augment.noise import GaussianNoise
 from covtransfer.training.augment.pipeline import build_training_pipeline, build_validation_pipeline
 from covtransfer.training.augment.remove_label import RemoveLabel
 from covtransfer.training.augment.sampling import balanced_factor
-from covtransfer.training.augment.spatial import SpatialTransform, initial_patch_size, is_dummy_2d
+from covtransfer.training.augment.spatial import (SpatialTransform, affine_grid, initial_patch_size, is_dummy_2d,
+                                                 resample_labels)
 
 
 def generator(seed=0):
@@ -48,11 +49,14 @@ def random_images(batch=2, channels=2, shape=(12, 16, 18), seed=0):
 def test_initial_patch_size_geometry():
     assert initial_patch_size((20, 30, 40), 0, (1.0, 1.0)) == (20, 30, 40)
     assert initial_patch_size((20, 30, 40), 0, (0.5, 2.0)) == (40, 60, 80)
-    # a 10 x 10 square turned by up to 45 degrees in-plane needs a 10*sqrt(2) box; z is untouched in dummy 2D
-    assert initial_patch_size((4, 10, 10), 45, (1.0, 1.0), dummy_2d=True) == (4, 15, 15)
-    assert initial_patch_size((4, 10, 10), 180, (0.5, 1.0), dummy_2d=True) == (4, 29, 29)
-    # 30 degrees about each axis grows every axis of a cube
-    assert all(s > 20 for s in initial_patch_size((20, 20, 20), 30, (1.0, 1.0)))
+    # nnU-Net's rule rotates the diagonal vector (10, 10) by -45 degrees in-plane: (10 sqrt 2, 0), so only y grows;
+    # z is untouched in dummy 2D, and 180 degrees is capped at 90, which swaps y and x
+    assert initial_patch_size((4, 10, 10), 45, (1.0, 1.0), dummy_2d=True) == (4, 14, 10)
+    assert initial_patch_size((4, 10, 20), 180, (0.5, 1.0), dummy_2d=True) == (4, 40, 40)
+    # the demo's cpu-preset patch, by hand: about z (24, 56cos30+56sin30, -56sin30+56cos30) = (24, 76.5, 20.5);
+    # about y (24cos30-56sin30, 56, 24sin30+56cos30) = (-7.2, 56, 60.5); about x (24cos30+56sin30, ...) = (48.8,
+    # 36.5, 56); per-axis maxima (48.8, 76.5, 60.5) / 0.85, floored. nnU-Net 2.8.1 prints the same.
+    assert initial_patch_size((24, 56, 56), 30, (0.85, 1.25)) == (57, 89, 71)
     assert is_dummy_2d((56, 160, 192)) and not is_dummy_2d((64, 128, 128))
 
 
@@ -85,12 +89,29 @@ def test_spatial_keeps_image_and_label_aligned(dummy_2d):
     assert out_seg.max() == 1
 
 
-def test_spatial_zoom_in_magnifies():
+def test_spatial_scale_factor_scales_the_sampling_grid_as_in_nnunet():
     seg = torch.zeros(1, 1, 20, 20, 20, dtype=torch.long)
-    seg[..., 8:12, 8:12, 8:12] = 1
-    zoom = SpatialTransform((20, 20, 20), rotation_degrees=0, p_rotation=0, scale_range=(2.0, 2.0), p_scale=1)
-    _, out_seg = zoom(seg.float(), seg, generator())
-    assert 7 ** 3 <= int(out_seg.sum()) <= 9 ** 3  # a 4-voxel cube becomes about 8 voxels wide
+    seg[..., 6:14, 6:14, 6:14] = 1
+    shrink = SpatialTransform((20, 20, 20), rotation_degrees=0, p_rotation=0, scale_range=(2.0, 2.0), p_scale=1)
+    _, out_seg = shrink(seg.float(), seg, generator())
+    assert 3 ** 3 <= int(out_seg.sum()) <= 5 ** 3  # factor 2 zooms out: the 8-voxel cube becomes about 4 wide
+    magnify = SpatialTransform((20, 20, 20), rotation_degrees=0, p_rotation=0, scale_range=(0.5, 0.5), p_scale=1)
+    _, out_seg = magnify(seg.float(), seg, generator())
+    assert 15 ** 3 <= int(out_seg.sum()) <= 17 ** 3  # factor 0.5 magnifies it to about 16 wide
+
+
+def test_spatial_labels_are_interpolated_on_their_one_hot_encoding():
+    seg = torch.zeros(1, 1, 12, 12, 12, dtype=torch.long)
+    seg[..., 4:8, 4:8, 4:8] = 2
+    seg[..., 0, :, :] = -1  # padding
+    half_voxel = SpatialTransform((12, 12, 12), rotation_degrees=0, p_rotation=0, scale_range=(1.0, 1.0), p_scale=1)
+    theta = torch.zeros(1, 3, 4)
+    theta[0, 0, 0] = theta[0, 1, 1] = theta[0, 2, 2] = 1.0
+    theta[0, 0, 3] = 0.6 * 2 / 11  # shift x by 0.6 voxel: nearest would move the cube a whole voxel, so does this
+    out = resample_labels(seg, affine_grid(theta, (12, 12, 12)))
+    assert torch.equal(out[..., 4:8, 4:8, 3:7], torch.full((1, 1, 4, 4, 4), 2))
+    assert set(out.unique().tolist()) == {-1, 0, 2} and (out[..., 0, :, :] == -1).all()
+    assert half_voxel(seg.float(), seg, generator())[1].equal(seg)
 
 
 def test_spatial_dummy_2d_rotates_in_plane_only():
@@ -308,7 +329,8 @@ def test_deep_supervision_scales_and_targets():
     targets = downsample_seg_for_ds(seg, scales)
     assert [tuple(t.shape) for t in targets] == [(2, 1, 8, 16, 16), (2, 1, 8, 8, 8), (2, 1, 4, 4, 4)]
     assert targets[0] is seg and all(t.dtype == torch.int8 for t in targets)
-    assert torch.equal(targets[1], seg[:, :, :, ::2, ::2]) and torch.equal(targets[2], seg[:, :, ::2, ::4, ::4])
+    # nearest-exact, as nnU-Net: output j takes input floor((j + 0.5) / scale), the odd voxels at scale 1/2
+    assert torch.equal(targets[1], seg[:, :, :, 1::2, 1::2]) and torch.equal(targets[2], seg[:, :, 1::2, 2::4, 2::4])
     assert [tuple(t.shape) for t in downsample_seg_for_ds(seg, [1, 0.5])] == [(2, 1, 8, 16, 16), (2, 1, 4, 8, 8)]
 
 

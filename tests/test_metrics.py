@@ -61,6 +61,33 @@ def test_flat_face_element_has_the_area_of_one_voxel_face():
     assert np.all(table[1:255] > 0)
 
 
+def test_non_flat_pentagon_is_split_into_its_largest_triangles():
+    # Three inside voxels forming an L on the dz = 0 face, at offsets (0, 0, 0), (0, 0, 1), (0, 1, 0) (bits 0, 1, 2);
+    # the outside voxel of that face is (0, 1, 1). The surface is a non-flat pentagon through the midpoints of the
+    # three vertical edges, (1/2, 0, 0), (1/2, 0, 1), (1/2, 1, 0), and of the two face edges towards (0, 1, 1),
+    # (0, 1/2, 1) and (0, 1, 1/2). Its largest split (the marching-cubes triangles of surface-distance) is the flat
+    # triangle through the vertical midpoints, area vector (1/2, 0, 0) in voxel units, plus two triangles with area
+    # vectors (1/4, 1/4, 1/4) and (1/8, 1/8, 1/8). A component i of an area vector scales by prod(spacing) / s_i.
+    sz, sy, sx = SPACING
+    slanted = math.sqrt((sy * sx) ** 2 + (sz * sx) ** 2 + (sz * sy) ** 2)  # |(1, 1, 1) scaled|
+    expected = 0.5 * sy * sx + (0.25 + 0.125) * slanted
+    table = surfel_area_table(SPACING)
+    assert table[0b00000111] == pytest.approx(expected, rel=1e-12)
+    assert table[0b11111000] == pytest.approx(expected, rel=1e-12)  # the complement: five inside voxels
+    assert surfel_area_table((1, 1, 1))[0b00000111] == pytest.approx(0.5 + 0.375 * math.sqrt(3), rel=1e-12)
+    # (splitting around the centroid, the old rule, gave 1.0865 instead of 1.1495)
+
+
+def test_five_or_more_inside_voxels_have_the_surface_of_their_complement():
+    table = surfel_area_table(SPACING)
+    np.testing.assert_allclose(table, table[::-1], rtol=1e-12)  # table[c] == table[255 - c]
+    # six inside voxels; the two outside ones, (1, 0, 0) and (1, 1, 1), lie on a diagonal of the dz = 1 face and are
+    # kept apart: two corner triangles like a single voxel's, not one hexagon joining the inside voxels around them
+    assert table[0b01101111] == pytest.approx(2 * table[0b00000001], rel=1e-12)
+    sz, sy, sx = SPACING
+    assert table[0b00000001] == pytest.approx(math.sqrt((sy * sx) ** 2 + (sz * sx) ** 2 + (sz * sy) ** 2) / 8)
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.6)])
 def test_large_box_surface_area_matches_its_faces(spacing):
     a, b, c = 30, 36, 40
@@ -130,6 +157,23 @@ def test_distances_equal_a_distance_transform_of_the_other_border():
     np.testing.assert_allclose(sd.distances_ref_to_pred, expected_to_pred, atol=1e-9)
     np.testing.assert_allclose(sd.distances_pred_to_ref, expected_to_ref, atol=1e-9)
     assert sd.areas_ref.sum() == pytest.approx(surface_area(ref, SPACING))
+
+
+@pytest.mark.parametrize("spacing", [(0.6, 0.6, 0.6), (1.2, 0.6, 0.6)])
+def test_distances_equal_the_distance_transform_bit_for_bit_where_elements_tie(spacing):
+    # With these spacings, equally near elements at different offsets have lengths that round differently: with
+    # 0.6 mm steps, offsets (0, 0, 3) and (2, 2, 1) are both 1.8 mm away but evaluate to 1.7999999999999998 and 1.8,
+    # so a tolerance of 3 * 0.6 mm counts one and not the other. The distances must be the transform's values exactly,
+    # not just to 1e-9 (taking whichever tied element the k-d tree finds first misses 11 and 4 of them here).
+    rng = np.random.default_rng(0)
+    ref = ndimage.gaussian_filter(rng.random((14, 16, 18)), 1.5) > 0.52  # touches the array border
+    pred = ndimage.gaussian_filter(rng.random((14, 16, 18)), 1.5) > 0.52
+    sd = surface_distances(ref, pred, spacing)
+    border_ref, border_pred = (surface_elements(neighbourhood_codes(mask)) for mask in (ref, pred))
+    expected_to_pred = ndimage.distance_transform_edt(~border_pred, sampling=spacing)[border_ref]
+    expected_to_ref = ndimage.distance_transform_edt(~border_ref, sampling=spacing)[border_pred]
+    np.testing.assert_array_equal(sd.distances_ref_to_pred, expected_to_pred)
+    np.testing.assert_array_equal(sd.distances_pred_to_ref, expected_to_ref)
 
 
 def test_metrics_are_symmetric_in_reference_and_prediction():

@@ -175,6 +175,18 @@ def test_lowres_created_for_large_images_only():
     assert list(small.configurations) == ["3d_fullres"]
 
 
+def test_batch_dice_planned_as_nnunet():
+    """Batch Dice for fullres exactly when a lowres stage exists; never for lowres; kept through a save and load."""
+    big = plan_experiment(fingerprint_of([1.0, 0.76, 0.76], [300, 364, 456]), ct_info(), "D")
+    assert big.configuration("3d_fullres").batch_dice and not big.configuration("3d_lowres").batch_dice
+    small = plan_experiment(fingerprint_of([1.5, 1.5, 1.5], [64, 128, 128]), ct_info(), "D")
+    assert not small.configuration("3d_fullres").batch_dice
+    assert Plans.from_dict(big.to_dict()).configuration("3d_fullres").batch_dice
+    legacy = big.to_dict()
+    del legacy["configurations"]["3d_fullres"]["batch_dice"]  # plans written before the field existed
+    assert not Plans.from_dict(legacy).configuration("3d_fullres").batch_dice
+
+
 def test_lowres_dropped_when_reduction_below_two():
     # the fullres patch covers a little under 25 % of the median image, so lowres would shrink it by < 2x
     plans = plan_experiment(fingerprint_of([1.0, 1.0, 1.0], [208, 208, 208]), ct_info(), "D")

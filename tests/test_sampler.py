@@ -178,3 +178,21 @@ def test_source_weights(stream_sources):
     assert 0.72 < share < 0.78
     single = BatchStream(stream_sources[:1], [1.0], seed=0, stream=0)
     assert {single.source_of(k) for k in range(20)} == {0}
+
+
+def test_bounds_by_hand_as_nnunet(corner_lesion):
+    """Start ranges take half of ``max(margin, patch - image)`` past each border (nnU-Net's data loader)."""
+    # the demo's cpu-preset patch (final 24x56x56, loaded at 57x89x71) on an anisotropic 50x104x118 image:
+    # margins (33, 33, 15); z is short by 7 but the margin wins, so pads are (33, 33, 15):
+    # lower -(33 // 2, 33 // 2, 15 // 2) = (-16, -16, -7); upper image - patch + ceil(pad / 2) = (-7+17, 15+17, 47+8)
+    sampler = PatchSampler(corner_lesion, ["a"], (57, 89, 71), (24, 56, 56), batch_size=2)
+    lower, upper = sampler.bounds((50, 104, 118))
+    assert lower.tolist() == [-16, -16, -7] and upper.tolist() == [10, 32, 55]
+    # an image smaller than the patch along z and y and no margin: centred, the odd shortfall's extra voxel after
+    sampler = PatchSampler(corner_lesion, ["a"], (8, 10, 12), (8, 10, 12), batch_size=2)
+    lower, upper = sampler.bounds((5, 6, 30))
+    assert lower.tolist() == [-1, -2, 0] and upper.tolist() == [-1, -2, 18]
+    # smaller than the patch by more than the margin: the shortfall wins over the margin
+    sampler = PatchSampler(corner_lesion, ["a"], (12, 16, 16), (10, 14, 16), batch_size=2)
+    lower, upper = sampler.bounds((4, 15, 40))
+    assert lower.tolist() == [-4, -1, 0] and upper.tolist() == [-4, 0, 24]

@@ -2,6 +2,7 @@
 checkpoints, exact resumption after a SIGKILL, refusals that leave nothing behind, NaN handling, and the CLI."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,12 +27,12 @@ from covtransfer.training.api import fold_folder, load_task, read_metrics, train
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
 from covtransfer.training.strategies import make_strategy
-from covtransfer.training.trainer import Trainer, TrainingSettings, poly_lr
+from covtransfer.training.trainer import Trainer, TrainingSettings, moving_average, poly_lr
 from tiny_data import preprocessed_roots, write_raw_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "Dataset001_Blob"
-METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "ema_dice", "lr", "epoch_time"}
+METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "ema_dice", "lr", "epoch_time", "task_dice", "task_ema"}
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,8 @@ def test_run_outputs(full_run, roots):
         assert 0 <= r["val_dice"] <= 1 and r["epoch_time"] > 0 and np.isfinite(r["val_loss"])
         ema = r["val_dice"] if ema is None else 0.9 * ema + 0.1 * r["val_dice"]
         assert r["ema_dice"] == pytest.approx(ema)
+        assert r["task_dice"] == {DATASET: pytest.approx(r["val_dice"])}
+        assert r["task_ema"] == {DATASET: pytest.approx(ema)}
     log = (folder / "training_log.txt").read_text()
     assert all(f"epoch {k}: train loss" in log for k in range(run_settings.epochs))
     assert "validation of the fold's cases" in log
@@ -392,3 +395,12 @@ def test_cli_errors(roots, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["-d", "1", "-t", "nonsense", *flags])
     assert not (tmp_path / "results").exists()
+
+
+def test_moving_average_skips_epochs_with_nothing_to_score():
+    """A NaN pseudo Dice (no foreground in the validation patches and none predicted) leaves the EMA as it was."""
+    assert moving_average(None, 0.5) == 0.5
+    assert moving_average(0.5, 1.0) == pytest.approx(0.9 * 0.5 + 0.1 * 1.0)
+    assert moving_average(0.55, math.nan) == 0.55  # before the fix this made every later EMA NaN
+    assert moving_average(None, math.nan) is None
+    assert moving_average(math.nan, 0.3) == 0.3  # a NaN stored by an older run restarts the average

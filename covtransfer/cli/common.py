@@ -1,4 +1,5 @@
-"""Shared command-line plumbing: the data-root flags and the wrapper that turns errors into one line and exit 1."""
+"""Shared command-line plumbing: the data-root and device flags, and the wrapper that turns errors into one line
+and exit 1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from typing import Callable, Sequence
 
 from covtransfer.config import Roots, resolve_roots
+from covtransfer.devices import DEVICE_HELP
 from covtransfer.errors import CovtransferError
 
 
@@ -16,6 +18,11 @@ def add_root_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--raw", help="raw datasets root ($COVTRANSFER_RAW)")
     group.add_argument("--preprocessed", help="preprocessed datasets root ($COVTRANSFER_PREPROCESSED)")
     group.add_argument("--results", help="training results root ($COVTRANSFER_RESULTS)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """Add ``--device`` (resolved by the command with :func:`covtransfer.devices.resolve_device`)."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP + (f"; {note}" if note else ""))
 
 
 def roots_from_args(args: argparse.Namespace) -> Roots:

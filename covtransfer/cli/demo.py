@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import run_cli
-from covtransfer.experiments.demo import print_demo_summary, run_demo
+from covtransfer.cli.common import add_device_argument, run_cli
+from covtransfer.devices import resolve_device
+from covtransfer.experiments.demo import SCALES, print_demo_summary, run_demo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -15,11 +16,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default="covtransfer_demo",
                         help="folder for the demo's data, models and study outputs (default ./covtransfer_demo); "
                              "a rerun resumes and skips finished steps")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default); on a GPU the demo runs larger")
+    add_device_argument(parser, "on a GPU the demo runs at the gpu scale")
+    parser.add_argument("--scale", default="auto",
+                        help=f"auto, {', '.join(SCALES)} (default auto: gpu on a CUDA device, else cpu); cpu: about 15 "
+                             "minutes on 2 cores; "
+                             "gpu: epochs of 250 iterations, 3 seeds; smoke: tiny data and a few iterations, "
+                             "to check the pipeline in under a minute (learns nothing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and training (default 0)")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="run seeds SEED..SEED+K-1 and report mean ± sd across them (default: 3 at the gpu "
+                             "scale, else 1)")
+    parser.add_argument("--strategies", help="comma-separated subset of scratch,continual,finetune,encoder,hybrid "
+                                             "(default: all five)")
     args = parser.parse_args(argv)
-    rows, folder, seconds = run_demo(args.output, args.device, args.seed)
-    print_demo_summary(rows, folder, seconds)
+    device = resolve_device(args.device)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies is not None else None
+    result = run_demo(args.output, device, args.seed, args.scale, args.seeds, strategies)
+    print_demo_summary(result)
     return 0
 
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
+from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
+from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.inference.model_loading import CHECKPOINT_CHOICES, checkpoint_paths, dataset_checkpoints
 from covtransfer.inference.predictor import predict_folder
@@ -32,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which checkpoint of each fold (default: final)")
     parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation (~8x faster)")
     parser.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to predict (default: CUDA when available)")
+    add_device_argument(parser, "where to predict")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>.npz with float16 class probabilities on the input grid")
     parser.add_argument("--postprocess", action="store_true",
@@ -58,8 +58,9 @@ def _checkpoints(args: argparse.Namespace) -> list:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
     checkpoints = _checkpoints(args)
-    written = predict_folder(args.input, args.output, checkpoints, args.device, not args.no_tta, args.step,
+    written = predict_folder(args.input, args.output, checkpoints, device, not args.no_tta, args.step,
                              args.save_probabilities, args.postprocess, args.skip_existing, not args.quiet)
     print(f"{len(written)} case(s) predicted with {len(checkpoints)} model(s) into {args.output}")
     return 0

@@ -7,10 +7,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
+from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
+from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
-from covtransfer.experiments.report import results_table
+from covtransfer.experiments.report import summary_text
 from covtransfer.experiments.study import DEFAULT_STRATEGIES, Study, StudySpec
+from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
 from covtransfer.training.trainer import TrainingSettings
 
 
@@ -30,28 +32,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pretrain-epochs", type=int, help="pre-training epochs (default: --epochs)")
     p.add_argument("--iters-per-epoch", type=int, default=defaults.iters_per_epoch)
     p.add_argument("--val-iters", type=int, default=defaults.val_iters)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    add_device_argument(p)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="mixed precision (auto: on GPUs only; on: also bf16 on the CPU)")
     p.add_argument("--tolerance-mm", type=float, default=3.0, help="NSD tolerance in mm (default 3)")
     p.add_argument("--no-tta", action="store_true", help="predict the test cases without mirroring")
+    p.add_argument("-np", "--num-processes", type=int, metavar="N",
+                   help="preprocessing worker processes (default: number of CPU cores)")
+    p.add_argument("--fingerprint-voxels", type=int, default=FOREGROUND_VOXEL_BUDGET, metavar="N",
+                   help="foreground intensity samples per channel for the fingerprints (default 1e8, as nnU-Net; "
+                        "fewer use less memory and time)")
     p.add_argument("-o", "--output", help="study folder (default RESULTS/<target>/study)")
     add_root_arguments(p)
     args = p.parse_args(argv)
-    strategies = [s for s in args.strategies.split(",") if s]
-    if not strategies:
-        raise CovtransferError("--strategies is empty")
-    common = dict(iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, device=args.device, seed=args.seed,
+    device = resolve_device(args.device)
+    if args.num_processes is not None and args.num_processes < 1:
+        raise CovtransferError(f"--num-processes {args.num_processes}: must be at least 1")
+    if args.fingerprint_voxels < 1:
+        raise CovtransferError(f"--fingerprint-voxels {args.fingerprint_voxels}: must be at least 1")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    common = dict(iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, device=str(device), seed=args.seed,
                   amp=args.amp, final_validation=False)
     settings = TrainingSettings(epochs=args.epochs, **common)
     pretrain_settings = TrainingSettings(epochs=args.pretrain_epochs or args.epochs, **common)
     spec = StudySpec(target=args.target, sources=args.sources, strategies=strategies, folds=args.folds,
                      pretrain=args.pretrain, settings=settings, pretrain_settings=pretrain_settings,
                      preset=args.preset, gpu_memory_gb=args.gpu_memory_gb, tolerance_mm=args.tolerance_mm,
-                     tta=not args.no_tta)
-    rows = Study(spec, roots_from_args(args), args.output).run()
-    print(results_table(rows))
+                     tta=not args.no_tta, num_processes=args.num_processes,
+                     fingerprint_voxels=args.fingerprint_voxels)
+    study = Study(spec, roots_from_args(args), args.output)
+    rows = study.run()
+    print("\n" + summary_text(rows, study.paired, study.pretraining_rows))
     return 0
 
 

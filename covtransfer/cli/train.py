@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
+from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
+from covtransfer.devices import resolve_device
 from covtransfer.training.api import train
 from covtransfer.training.strategies import STRATEGY_NAMES, make_strategy
 from covtransfer.training.trainer import TrainingSettings
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"(default {defaults.iters_per_epoch})")
     p.add_argument("--val-iters", type=int, default=defaults.val_iters, help=f"(default {defaults.val_iters})")
     p.add_argument("--lr", type=float, default=defaults.lr, help=f"initial learning rate (default {defaults.lr})")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    add_device_argument(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="mixed precision: auto = on GPUs only (bf16, or fp16 with loss scaling); on = also on the CPU "
@@ -55,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
     strategy = make_strategy(args.strategy, args.freeze, args.adapted_lr_scale)
     settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                                lr=args.lr, device=args.device, compile=args.compile, amp=args.amp,
+                                lr=args.lr, device=str(device), compile=args.compile, amp=args.amp,
                                 save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
                                 source_weights=args.source_weights, final_validation=not args.no_final_validation)
     folder = train(args.dataset, strategy, args.fold, roots_from_args(args), settings, args.configuration,

@@ -4,7 +4,9 @@ Overlap metrics come from the confusion counts (Python ints, so nothing overflow
 DSC = 2TP / (2TP + FP + FN), sensitivity = TP / (TP + FN), precision = TP / (TP + FP), specificity = TN / (TN + FP),
 accuracy = (TP + TN) / N, MCC = (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)).
 
-Surface metrics use area-weighted surface elements (see :mod:`covtransfer.evaluation.surface`):
+Surface metrics use area-weighted surface elements (see :mod:`covtransfer.evaluation.surface`) with the definitions
+of DeepMind's surface-distance package: NSD and HD95 of two non-empty masks equal its
+``compute_surface_dice_at_tolerance`` and ``compute_robust_hausdorff(..., 95)`` up to rounding.
 - NSD at tolerance τ mm = (|∂G ∩ B(∂S, τ)| + |∂S ∩ B(∂G, τ)|) / (|∂G| + |∂S|), areas in mm², distances ≤ τ count.
 - HD95 = max over the two directions of the area-weighted 95th percentile of the distances from one surface to the
   other (each surface element counts in proportion to its area, as in DeepMind's robust Hausdorff distance). The
@@ -121,9 +123,12 @@ def nsd_from_distances(sd: SurfaceDistances, tolerance_mm: float) -> float:
 
 
 def _weighted_percentile(distances: np.ndarray, areas: np.ndarray, percentile: float) -> float:
-    order = np.argsort(distances, kind="stable")
-    cumulative = np.cumsum(areas[order])
-    index = int(np.searchsorted(cumulative, percentile / 100.0 * cumulative[-1], side="left"))
+    # elements in (distance, area) order and the cumulative share as cumsum / sum, as surface-distance computes it, so
+    # that even a share landing exactly on the percentile rounds the same way
+    order = np.lexsort((areas, distances))
+    sorted_areas = areas[order]
+    share = np.cumsum(sorted_areas) / np.sum(sorted_areas)
+    index = int(np.searchsorted(share, percentile / 100.0, side="left"))
     return float(distances[order][min(index, len(order) - 1)])
 
 

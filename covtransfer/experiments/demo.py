@@ -2,11 +2,14 @@
 
 It writes three synthetic datasets (a COVID-19-like target with 4 training and 8 test cases, tumour and effusion
 sources), plans the target with the ``cpu`` preset, pre-trains one multi-lesion model on the sources, trains the
-five strategies on the 4 target cases, predicts and scores the 8 test cases, and prints the results table.
+five strategies on the 4 target cases, predicts and scores the 8 test cases, and prints the results table, the
+paired comparison with scratch and the pre-training's final EMA per source. On a GPU it runs longer (epochs of 250
+iterations) over 3 seeds and adds the mean ± sd across seeds. Seed N lives in ``<output>/seed_N/``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +18,10 @@ import torch
 
 from covtransfer.config import Roots, find_dataset
 from covtransfer.datasets.synthetic import make_synthetic_dataset
+from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
-from covtransfer.experiments.report import results_table
+from covtransfer.experiments.report import summary_text
+from covtransfer.experiments.seeds import SeedRun, seeds_summary_text, write_seeds_report
 from covtransfer.experiments.study import DEFAULT_STRATEGIES, Study, StudySpec
 from covtransfer.training.trainer import TrainingSettings
 
@@ -27,7 +32,8 @@ DEMO_FINGERPRINT_VOXELS = 10 ** 7
 
 @dataclass(frozen=True)
 class DemoScale:
-    """How big the demo is: data size, planning preset and training length of pre-training and transfer."""
+    """How big the demo is: data, planning preset, training length, target cases, seeds, test mirroring, mixed
+    precision (``--amp`` of covtransfer_train), preprocessing processes (None: one per core), fingerprint samples."""
 
     size: str
     preset: str | None
@@ -36,49 +42,132 @@ class DemoScale:
     epochs: int
     iters_per_epoch: int
     val_iters: int
+    n_target_train: int = 4
+    n_target_test: int = 8
+    seeds: int = 1
+    tta: bool = False
+    amp: str = "on"
+    num_processes: int | None = None
+    fingerprint_voxels: int = DEMO_FINGERPRINT_VOXELS
 
 
 CPU_SCALE = DemoScale(size="small", preset="cpu", n_source_cases=8, pretrain_epochs=36, epochs=24,
                       iters_per_epoch=24, val_iters=2)
-GPU_SCALE = DemoScale(size="small", preset=None, n_source_cases=16, pretrain_epochs=50, epochs=50,
-                      iters_per_epoch=50, val_iters=10)
+# nnU-Net-like epochs of 250 iterations: 10,000 pre-training and 5,000 target iterations per model, 3 seeds
+GPU_SCALE = DemoScale(size="small", preset=None, n_source_cases=16, pretrain_epochs=40, epochs=20,
+                      iters_per_epoch=250, val_iters=50, seeds=3, tta=True, amp="auto")
+# the pipeline end to end in seconds, for tests and a first try: nothing is learnt at this length; fp32, because
+# bf16 autocast is over ten times slower than fp32 on CPUs without native bf16 (AVX2-only)
+SMOKE_SCALE = DemoScale(size="tiny", preset="cpu", n_source_cases=2, pretrain_epochs=1, epochs=1,
+                        iters_per_epoch=2, val_iters=1, n_target_test=2, amp="off", num_processes=1,
+                        fingerprint_voxels=10 ** 5)
+SCALES = {"cpu": CPU_SCALE, "gpu": GPU_SCALE, "smoke": SMOKE_SCALE}
+
+
+def choose_scale(name: str, device: torch.device) -> DemoScale:
+    """The named scale; ``auto`` is ``gpu`` on a CUDA device, else ``cpu``."""
+    if name == "auto":
+        return GPU_SCALE if device.type == "cuda" else CPU_SCALE
+    if name not in SCALES:
+        raise CovtransferError(f"--scale {name!r}: use auto, {', '.join(SCALES)}")
+    return SCALES[name]
 
 
 def make_demo_data(roots: Roots, scale: DemoScale, seed: int = 0) -> None:
-    """Write the three synthetic datasets unless they exist already."""
-    for kind, dataset_id, n_train, n_test in (("covid", TARGET, 4, 8), ("tumor", TUMOR, scale.n_source_cases, 0),
+    """Write the three synthetic datasets unless they exist already (then they must be this scale's and seed's)."""
+    for kind, dataset_id, n_train, n_test in (("covid", TARGET, scale.n_target_train, scale.n_target_test),
+                                              ("tumor", TUMOR, scale.n_source_cases, 0),
                                               ("effusion", EFFUSION, scale.n_source_cases, 0)):
         try:
-            find_dataset(roots.raw, dataset_id)
+            folder = find_dataset(roots.raw, dataset_id)
         except CovtransferError:
             make_synthetic_dataset(kind, dataset_id, n_train, n_test=n_test, size=scale.size, seed=seed,
                                    raw_root=roots.raw)
+            continue
+        wanted = {"size": scale.size, "seed": seed, "training cases": n_train, "test cases": n_test}
+        found = _synthetic_record(folder)
+        if found != wanted:
+            raise CovtransferError(f"{folder}: synthetic data of another demo run ({_describe(found)}; this run needs "
+                                   f"{_describe(wanted)}); choose another output folder (-o) or delete this one")
 
 
-def run_demo(output: Path, device: str = "auto", seed: int = 0) -> tuple[list[dict], Path, float]:
-    """Run the demo into ``output``; returns the results rows, the study folder and the run time in seconds."""
+def _synthetic_record(folder: Path) -> dict:
+    try:
+        info = json.loads((folder / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    synthetic = info.get("synthetic") or {}
+    return {"size": synthetic.get("size"), "seed": synthetic.get("seed"), "training cases": info.get("numTraining"),
+            "test cases": info.get("numTest", 0)}
+
+
+def _describe(record: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in record.items()) or "no synthetic record"
+
+
+def demo_spec(scale: DemoScale, device: torch.device, seed: int, strategies: list[str] | None = None) -> StudySpec:
+    """The study the demo runs for one seed (data seed ``seed``, training seed ``seed + 12345``)."""
+    common = dict(iters_per_epoch=scale.iters_per_epoch, val_iters=scale.val_iters, save_every=5, device=str(device),
+                  seed=seed + 12345, amp=scale.amp, final_validation=False)
+    chosen = list(DEFAULT_STRATEGIES if strategies is None else strategies)
+    return StudySpec(target=str(TARGET), sources=[str(TUMOR), str(EFFUSION)], strategies=chosen, folds=["all"],
+                     pretrain="multi",
+                     settings=TrainingSettings(epochs=scale.epochs, **common),
+                     pretrain_settings=TrainingSettings(epochs=scale.pretrain_epochs, **common),
+                     preset=scale.preset, fingerprint_voxels=scale.fingerprint_voxels, tta=scale.tta,
+                     num_processes=scale.num_processes)
+
+
+@dataclass
+class DemoResult:
+    """What a demo run produced: one study per seed, the across-seeds folder (several seeds), the run time."""
+
+    runs: list[SeedRun]
+    output: Path
+    across_seeds: Path | None
+    seconds: float
+
+
+def run_demo(output: Path, device: torch.device | str = "auto", seed: int = 0, scale: str | DemoScale = "auto",
+             n_seeds: int | None = None, strategies: list[str] | None = None) -> DemoResult:
+    """Run the demo into ``output`` for seeds ``seed … seed + n_seeds − 1`` (default: the scale's count)."""
     start = time.perf_counter()
     output = Path(output)
-    roots = Roots(output / "raw", output / "preprocessed", output / "results")
-    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    scale = GPU_SCALE if on_gpu else CPU_SCALE
-    make_demo_data(roots, scale, seed)
-    common = dict(iters_per_epoch=scale.iters_per_epoch, val_iters=scale.val_iters, save_every=5, device=device,
-                  seed=seed + 12345, amp="on", final_validation=False)
-    settings = TrainingSettings(epochs=scale.epochs, **common)
-    pretrain_settings = TrainingSettings(epochs=scale.pretrain_epochs, **common)
-    spec = StudySpec(target=str(TARGET), sources=[str(TUMOR), str(EFFUSION)], strategies=list(DEFAULT_STRATEGIES),
-                     folds=["all"], pretrain="multi", settings=settings, pretrain_settings=pretrain_settings,
-                     preset=scale.preset, fingerprint_voxels=DEMO_FINGERPRINT_VOXELS, tta=on_gpu)
-    study_folder = output / "study"
-    rows = Study(spec, roots, study_folder).run()
-    return rows, study_folder, time.perf_counter() - start
+    device = resolve_device(device)
+    scale = scale if isinstance(scale, DemoScale) else choose_scale(scale, device)
+    count = scale.seeds if n_seeds is None else n_seeds
+    if count < 1:
+        raise CovtransferError(f"--seeds {count}: run at least one seed")
+    seeds = [seed + i for i in range(count)]
+    studies = {s: Study(demo_spec(scale, device, s, strategies), _roots(output / f"seed_{s}"),
+                        output / f"seed_{s}" / "study") for s in seeds}
+    runs = []
+    for s, study in studies.items():
+        make_demo_data(study.roots, scale, s)
+        rows = study.run()
+        runs.append(SeedRun(s, rows, study.paired, study.pretraining_rows, study.output))
+    across = None
+    if len(runs) > 1:
+        across = output / "across_seeds"
+        write_seeds_report(across, runs)
+    return DemoResult(runs, output, across, time.perf_counter() - start)
 
 
-def print_demo_summary(rows: list[dict], study_folder: Path, seconds: float) -> None:
-    """The results table and where the plots are."""
-    print("\n" + results_table(rows) + "\n")
-    print(f"study outputs in {study_folder}:")
-    for path in sorted(study_folder.glob("*.png")) + [study_folder / "results.md", study_folder / "results.csv"]:
-        print(f"  {path}")
-    print(f"demo finished in {seconds / 60:.1f} min")
+def _roots(folder: Path) -> Roots:
+    return Roots(folder / "raw", folder / "preprocessed", folder / "results")
+
+
+def print_demo_summary(result: DemoResult) -> None:
+    """Each seed's tables, the across-seeds tables (several seeds), and where the outputs are."""
+    for run in result.runs:
+        print(f"\n# seed {run.seed}\n\n" + summary_text(run.rows, run.paired, run.pretraining))
+    if result.across_seeds is not None:
+        print("\n# across seeds\n\n" + seeds_summary_text(result.runs))
+    print("outputs:")
+    for run in result.runs:
+        for path in sorted(run.folder.glob("*.png")) + [run.folder / name for name in
+                                                         ("results.md", "results.csv", "pretraining.csv")]:
+            print(f"  {path}")
+    if result.across_seeds is not None:
+        print(f"  {result.across_seeds / 'results.md'}")
+    print(f"demo finished in {result.seconds / 60:.1f} min")

@@ -1,5 +1,6 @@
-"""The study's outputs: ``results.csv`` and ``results.md`` (one row per pre-training and strategy), the convergence
-plot, the per-case DSC box plot, overlay PNGs of a few test cases, ``per_case.csv`` and ``commands.txt``.
+"""The study's outputs: ``results.csv`` and ``results.md`` (one row per pre-training and strategy, with the paired
+comparison against scratch), ``pretraining.csv`` (final EMA per source), the convergence plot, the per-case DSC box
+plot, overlay PNGs of a few test cases, ``per_case.csv`` and ``commands.txt``. Undefined values are written n/a.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import numpy as np
 from covtransfer.atomic import atomic_path, write_text
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.image_io import read_image
+from covtransfer.experiments.paired import N_RESAMPLES, paired_table
+from covtransfer.experiments.pretraining_summary import pretraining_table
 
 COLUMNS = [("DSC %", "dice"), ("NSD@τ %", "nsd"), ("sensitivity %", "sensitivity"), ("precision %", "precision"),
            ("MCC %", "mcc")]
@@ -42,24 +45,61 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PAIRED_NOTE = ("Each strategy minus scratch on the same test cases (same fold), in percentage points; 95 % CI: "
+               f"percentile bootstrap of the mean difference ({N_RESAMPLES:,} resamples of the pairs, seeded); "
+               "Wilcoxon p: two-sided signed-rank test of the paired differences. n/a: fewer than 2 pairs, or every "
+               "difference zero.")
+NO_PAIRS = "n/a: the paired comparison needs scratch and at least one other strategy."
+
+
+def summary_text(rows: list[dict], paired: list[dict], pretraining: list[dict]) -> str:
+    """The results table, the paired comparison with scratch and the pre-training EMA per source, in Markdown."""
+    parts = [results_table(rows), "## Paired comparison with scratch",
+             paired_table(paired) if paired else NO_PAIRS, PAIRED_NOTE]
+    if pretraining:
+        parts += ["## Pre-training: final EMA pseudo Dice per source", pretraining_table(pretraining)]
+    return "\n\n".join(parts) + "\n"
+
+
+def results_markdown(target: str, rows: list[dict], paired: list[dict], pretraining: list[dict]) -> str:
+    """``results.md``: a title and the :func:`summary_text`."""
+    return f"# Transfer study on {target}\n\n" + summary_text(rows, paired, pretraining)
+
+
+def _cell(value):
+    """A CSV cell: non-finite numbers as n/a."""
+    return "n/a" if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Write ``rows`` (dicts) with ``columns`` atomically, non-finite numbers as n/a."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", restval="n/a")
+        writer.writeheader()
+        writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
+
+
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
 
 
-def write_report(folder: Path, rows: list[dict], commands: list[str], target: str, roots: Roots) -> list[Path]:
+def write_report(folder: Path, rows: list[dict], commands: list[str], target: str, roots: Roots,
+                 paired: list[dict] | None = None, pretraining: list[dict] | None = None) -> list[Path]:
     """Write every study output into ``folder``; returns the plot paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in rows[0] if k not in ("per_case", "histories")] if rows else []
-    with atomic_path(folder / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text(folder / "results.md", f"# Transfer study on {target}\n\n{results_table(rows)}\n")
+    paired, pretraining = paired or [], pretraining or []
+    by_run = {(p["pretraining"], p["strategy"]): p for p in paired}
+    table = [{**row, **by_run.get((row["pretraining"], row["strategy"]), {})} for row in rows]
+    keys = list(dict.fromkeys(k for row in table for k in row if k not in ("per_case", "histories")))
+    write_csv(folder / "results.csv", table, keys)
+    write_csv(folder / "pretraining.csv", pretraining,
+              ["pretraining", "source", "epochs", "final_ema", "final_pseudo_dice"])
+    write_text(folder / "results.md", results_markdown(target, rows, paired, pretraining))
     write_text(folder / "commands.txt", "\n".join(dict.fromkeys(commands)) + "\n")
     with atomic_path(folder / "per_case.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)

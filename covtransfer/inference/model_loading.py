@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from covtransfer.config import find_dataset
+from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
@@ -118,7 +119,8 @@ def dataset_checkpoints(results_root: str | os.PathLike, dataset: str | int, str
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the network of one checkpoint file (deep supervision off, eval mode) on ``device``."""
+    """Rebuild one checkpoint's network (deep supervision off, eval mode) on ``device`` (names like auto resolved)."""
+    device = resolve_device(device)
     path = Path(path)
     checkpoint = load_checkpoint(path)
     missing = [k for k in ("network", "state_dict", "plans", "configuration_name") if k not in checkpoint]
@@ -158,6 +160,7 @@ def load_models(paths: Sequence[str | os.PathLike], device: torch.device | str =
     """Load every checkpoint of an ensemble and check that they fit together."""
     if not paths:
         raise CovtransferError("no checkpoints given")
+    device = resolve_device(device)
     models = [load_model(p, device) for p in paths]
     check_ensemble(models)
     return models

@@ -214,6 +214,9 @@ def plan_experiment(fingerprint: dict, info: DatasetInfo, dataset_name: str, gpu
         lowres = plan_lowres(fullres, median_t, num_training, num_classes, settings, budget, normalization)
         if lowres is not None:
             configurations["3d_lowres"] = lowres
+    # nnU-Net's rule: Dice over the whole batch for fullres when a lowres stage exists (large images, where a patch
+    # is a small part of the case), per sample otherwise; lowres itself always per sample
+    fullres.batch_dice = "3d_lowres" in configurations
 
     original_spacing = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
     original_shape = np.median(np.asarray(shapes, dtype=np.float64), axis=0)

@@ -1,8 +1,9 @@
 """Random training patches with forced foreground oversampling, padded at the borders.
 
 Per batch, the last ``round(batch × oversample)`` samples are centred on a stored foreground voxel of a random
-class present in the case; the others are uniform boxes that may reach past the border by half the margin that
-augmentation crops away, so that the final patch sees the image edges as often as the centre. Outside the image,
+class present in the case; the others are uniform boxes. As in nnU-Net, a box may reach past each border by half of
+``max(margin, patch - image)``: the margin is what augmentation crops away, so that the final patch reaches the image
+edges but hardly ever past them, and an image smaller than the patch is padded evenly around it. Outside the image,
 data is padded with 0 and labels with -1 (ignored, later set to background).
 """
 
@@ -41,19 +42,22 @@ class PatchSampler:
         self.batch_size = batch_size
         self.first_forced = int(round(batch_size * (1 - oversample_foreground)))
 
-    def _bounds(self, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        shortfall = np.maximum(self.patch_size - shape, 0)
-        lower = -(self.margin // 2) - shortfall // 2
-        upper = shape - self.patch_size + self.margin // 2 + (shortfall + 1) // 2
-        return lower, np.maximum(upper, lower)
+    def bounds(self, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest patch start per axis for an image of ``shape`` (both inclusive)."""
+        shape = np.asarray(shape, dtype=np.int64)
+        pad = np.maximum(self.margin, self.patch_size - shape)
+        lower = -(pad // 2)
+        upper = shape - self.patch_size + (pad + 1) // 2
+        return lower, upper
 
     def _start(self, case_id: str, shape: np.ndarray, forced: bool, rng: np.random.Generator) -> np.ndarray:
-        lower, upper = self._bounds(shape)
+        lower, upper = self.bounds(shape)
         locations = self.store.class_locations(case_id) if forced else {}
         if locations:
             label = list(locations)[rng.integers(len(locations))]
             voxel = locations[label][rng.integers(len(locations[label]))]
-            return np.clip(voxel - self.patch_size // 2, lower, upper)
+            # centred on the voxel (never clipped from above, so the voxel stays inside the final centre crop)
+            return np.maximum(voxel - self.patch_size // 2, lower)
         return np.array([rng.integers(lo, hi + 1) for lo, hi in zip(lower, upper)])
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

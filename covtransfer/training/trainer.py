@@ -75,6 +75,13 @@ class TrainingTask:
         return max(self.plans.labels.values()) + 1
 
 
+def moving_average(previous: float | None, value: float) -> float | None:
+    """nnU-Net's EMA of the pseudo Dice (``0.9 × previous + 0.1 × value``); a NaN value (nothing to score) is skipped."""
+    if value is None or math.isnan(value):
+        return previous
+    return value if previous is None or math.isnan(previous) else EMA_DECAY * previous + (1 - EMA_DECAY) * value
+
+
 def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float) -> float:
     """Polynomial decay: ``base_lr × (1 − epoch / epochs) ^ exponent``."""
     return base_lr * (1 - epoch / epochs) ** exponent
@@ -121,7 +128,7 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         n_outputs = self.configuration.n_stages - 1
-        self.loss = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(n_outputs))
+        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=self.configuration.batch_dice), deep_supervision_weights(n_outputs))
         self.ds_scales = deep_supervision_scales(self.configuration.strides)
         self.model: nn.Module = self._wrap(self.network)
         self.state = _State()
@@ -300,30 +307,37 @@ class Trainer:
                 raise CovtransferError(
                     f"{self.output_folder}: the loss became NaN/Inf in epoch {epoch}; training stopped, the last "
                     "good checkpoint is kept (try a lower learning rate or check the data)") from None
-        val_loss, val_dice = self._validate(val_batches)
-        ema = val_dice if self.state.ema is None else EMA_DECAY * self.state.ema + (1 - EMA_DECAY) * val_dice
+        val_loss, val_dice, task_dice = self._validate(val_batches)
+        ema = moving_average(self.state.ema, val_dice)
+        previous = self.state.history[-1].get("task_ema", {}) if self.state.history else {}
+        task_ema = {name: moving_average(previous.get(name), task_dice.get(name, math.nan))
+                    for name in set(previous) | set(task_dice)}
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                  "val_loss": val_loss, "val_dice": val_dice, "ema_dice": ema, "lr": lr,
-                  "epoch_time": time.perf_counter() - start}
+                  "val_loss": val_loss, "val_dice": val_dice, "ema_dice": math.nan if ema is None else ema, "lr": lr,
+                  "epoch_time": time.perf_counter() - start, "task_dice": task_dice, "task_ema": task_ema}
         self.state.epoch, self.state.ema = epoch + 1, ema
         self.state.history.append(record)
         self.log_line(f"epoch {epoch}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                      f"pseudo Dice {val_dice:.4f} (EMA {ema:.4f}), lr {lr:.2e}, {record['epoch_time']:.1f} s")
+                      f"pseudo Dice {val_dice:.4f} (EMA {record['ema_dice']:.4f}), lr {lr:.2e}, "
+                      f"{record['epoch_time']:.1f} s")
+        if len(self.tasks) > 1:
+            self.log_line("  EMA per source: " + ", ".join(
+                f"{name} {value:.4f}" for name, value in sorted(task_ema.items()) if value is not None))
         if self.log is not None:
             self.log.write_history(self.state.history)
             if epoch + 1 == s.epochs or time.perf_counter() - self._last_plot >= PLOT_INTERVAL_S:
                 self.log.plot(self.state.history)
                 self._last_plot = time.perf_counter()
-        if ema > self.state.best_ema:
+        if ema is not None and ema > self.state.best_ema:
             self.state.best_ema = ema
             self._save("checkpoint_best.pt")
         if (epoch + 1) % s.save_every == 0 and epoch + 1 < s.epochs:
             self._save("checkpoint_latest.pt")
 
-    def _validate(self, val_batches) -> tuple[float, float]:
-        """Mean loss and the pseudo Dice (global TP/FP/FN per class, averaged over classes and tasks)."""
+    def _validate(self, val_batches) -> tuple[float, float, dict[str, float]]:
+        """Mean loss, the pseudo Dice (global TP/FP/FN per class, averaged over classes and tasks) and each task's."""
         if val_batches is None:
-            return math.nan, math.nan
+            return math.nan, math.nan, {}
         self.model.eval()
         counts: dict[str, torch.Tensor] = {}
         losses = []
@@ -334,15 +348,16 @@ class Trainer:
             loss, stats = self.validation_step(images, seg, task)
             losses.append(loss)
             counts[task] = counts[task] + stats if task in counts else stats
-        dices = []
+        dices: dict[str, float] = {}
         for task in self.tasks:
             stats = counts.get(task.name, torch.zeros(3, task.num_classes - 1, device=self.device)).double()
             stats = distributed.all_reduce_sum(stats, self.context)
             tp, fp, fn = stats
             valid = (tp + fp + fn) > 0
             if valid.any():
-                dices.append(float((2 * tp[valid] / (2 * tp[valid] + fp[valid] + fn[valid])).mean()))
-        return float(np.mean(losses)), float(np.mean(dices)) if dices else math.nan
+                dices[task.name] = float((2 * tp[valid] / (2 * tp[valid] + fp[valid] + fn[valid])).mean())
+        mean = float(np.mean(list(dices.values()))) if dices else math.nan
+        return float(np.mean(losses)), mean, dices
 
     def close(self) -> None:
         """Leave the distributed process group, if any."""

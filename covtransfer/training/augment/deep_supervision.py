@@ -1,4 +1,5 @@
-"""Segmentation targets for deep supervision: the label downsampled by nearest neighbour to each output's scale."""
+"""Segmentation targets for deep supervision: the label downsampled by nearest neighbour (``nearest-exact``, as
+nnU-Net) to each output's scale."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[tuple[floa
 def downsample_seg_for_ds(seg: torch.Tensor, scales: Sequence[float | Sequence[float]]) -> list[torch.Tensor]:
     """(B, 1, Z, Y, X) label ``seg`` at each scale (size ``round(shape * scale)``), same dtype, nearest neighbour.
 
-    PyTorch's ``nearest`` takes input voxel ``floor(j / scale)``, i.e. voxel ``2j`` at scale 1/2, which is where a
-    stride-2 convolution with kernel 3 and padding 1 centres its output ``j``.
+    ``nearest-exact`` takes input voxel ``floor((j + 0.5) / scale)``, i.e. voxel ``2j + 1`` at scale 1/2: the centre
+    of the output voxel's footprint, rounded up, exactly as nnU-Net makes its targets.
     """
     spatial = seg.shape[2:]
     targets = []
@@ -35,6 +36,6 @@ def downsample_seg_for_ds(seg: torch.Tensor, scales: Sequence[float | Sequence[f
         if size == list(spatial):
             targets.append(seg)
             continue
-        resized = F.interpolate(seg.to(torch.float32), size=size, mode="nearest")
+        resized = F.interpolate(seg.to(torch.float32), size=size, mode="nearest-exact")
         targets.append(resized.to(seg.dtype))
     return targets

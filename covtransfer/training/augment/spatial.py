@@ -1,8 +1,10 @@
-"""Rotation and scaling with one affine resampling shared by image (trilinear) and label (nearest), then centre crop.
+"""Rotation and scaling with one affine resampling shared by image (trilinear) and label (trilinear on its one-hot
+encoding, then argmax, as nnU-Net does), then centre crop.
 
-Patches arrive at the larger *initial patch size* (:func:`initial_patch_size`) so that rotated or zoomed-out content
-still fills the final patch; samples drawn with neither rotation nor scaling are centre-cropped without resampling.
-Voxels sampled from outside the input become 0 in the image and -1 in the label (removed later by ``RemoveLabel``).
+Patches arrive at the larger *initial patch size* (:func:`initial_patch_size`, nnU-Net's rule) so that rotated or
+zoomed content mostly fills the final patch; samples drawn with neither rotation nor scaling are centre-cropped
+without resampling. Voxels sampled from outside the input become 0 in the image and the lowest label present (-1 if
+the patch holds padding, else background) in the label; ``RemoveLabel`` later turns -1 into background.
 """
 
 from __future__ import annotations
@@ -60,19 +62,23 @@ def _scale_axes(factors: torch.Tensor, dummy_2d: bool) -> torch.Tensor:
 
 def initial_patch_size(patch_size: Sequence[int], rotation_degrees: float | Sequence[float],
                        scale_range: tuple[float, float], dummy_2d: bool = False) -> tuple[int, int, int]:
-    """Input patch size that holds the final patch under any allowed rotation and zoom down to ``min(scale_range)``.
+    """The patch the loader cuts before augmentation, by nnU-Net's rule.
 
-    The bounding box of the patch is maximised over a grid of angles within the range (capped at 90°, beyond which
-    boxes repeat), then divided by the smallest zoom factor; axes never shrink below the final patch size.
+    The patch's diagonal vector is rotated about each axis alone by the largest allowed angle (capped at 90°); the
+    per-axis maximum of those rotated vectors' magnitudes and the patch itself is divided by the smallest zoom and
+    floored. This does not bound every rotated patch (a full bound triples the z extent of flat patches), so strong
+    rotations read a little padding at the corners; it keeps random patches mostly inside the image.
     """
     limits = _max_radians(rotation_degrees, dummy_2d).clamp(max=math.pi / 2)
-    axes = [torch.linspace(-limit, limit, 25, dtype=torch.float64) if limit > 0 else torch.zeros(1, dtype=torch.float64)
-            for limit in limits]
-    angles = torch.cartesian_prod(*axes).reshape(-1, 3)
     extents = torch.tensor([float(p) for p in patch_size], dtype=torch.float64)
-    box = (rotation_matrices(angles).abs() @ extents).amax(0)
+    box = extents.clone()
+    for axis, limit in enumerate(limits):
+        if limit > 0:
+            angles = torch.zeros(1, 3, dtype=torch.float64)
+            angles[0, axis] = -limit
+            box = torch.maximum(box, (rotation_matrices(angles)[0] @ extents).abs())
     box = box / _scale_axes(torch.tensor([min(scale_range)], dtype=torch.float64), dummy_2d)[0]
-    return tuple(max(int(p), math.ceil(float(b) - 1e-6)) for p, b in zip(patch_size, box))
+    return tuple(max(int(p), int(float(b) + 1e-9)) for p, b in zip(patch_size, box))
 
 
 def affine_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -91,9 +97,22 @@ def affine_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return (along_z + along_y) + along_x
 
 
+def resample_labels(seg: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(n, 1, ...) integer labels sampled at ``grid``: each present label's mask trilinearly, then the argmax.
+
+    Smoother than nearest neighbour for thin structures and small lesions; where no mask reaches (outside the input)
+    the lowest present label wins, as every interpolated mask is 0 there.
+    """
+    values = torch.unique(seg)
+    one_hot = (seg == values.reshape(1, -1, *([1] * (seg.dim() - 2)))).to(grid.dtype)
+    weights = F.grid_sample(one_hot, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return values[weights.argmax(1, keepdim=True)].to(seg.dtype)
+
+
 class SpatialTransform:
-    """Random rotation (p=0.2; ±30° about each axis, or in-plane only for dummy 2D) and isotropic zoom (p=0.2,
-    factor in (0.7, 1.4), > 1 magnifies), resampled once per sample, cropped to ``patch_size`` about the centre."""
+    """Random rotation (p=0.2; ±30° about each axis, or in-plane only for dummy 2D) and isotropic scaling (p=0.2,
+    factor in (0.7, 1.4) applied to the sampling grid as in nnU-Net: above 1 zooms out, below 1 magnifies), resampled
+    once per sample, cropped to ``patch_size`` about the centre."""
 
     def __init__(self, patch_size: Sequence[int], rotation_degrees: float | Sequence[float] = 30.0,
                  p_rotation: float = 0.2, scale_range: tuple[float, float] = (0.7, 1.4), p_scale: float = 0.2,
@@ -129,9 +148,7 @@ class SpatialTransform:
         source_images = images if everyone else images.index_select(0, device_index)
         source_seg = seg if everyone else seg.index_select(0, device_index)
         moved = F.grid_sample(source_images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        shifted = source_seg.to(grid.dtype) + 1
-        labels = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)
-        labels = (labels.round() - 1).to(seg.dtype)
+        labels = resample_labels(source_seg, grid)
         if everyone:
             return moved, labels
         return out_images.index_copy(0, device_index, moved), out_seg.index_copy(0, device_index, labels)
@@ -140,10 +157,10 @@ class SpatialTransform:
                starts: list[int]) -> torch.Tensor:
         """(n, 3, 4) ``affine_grid`` matrices (x, y, z order) mapping normalised output to normalised input positions.
 
-        In voxels, an output offset ``o`` from the output centre samples input ``c + R diag(1/s) o`` where ``c`` is the
+        In voxels, an output offset ``o`` from the output centre samples input ``c + R diag(s) o`` where ``c`` is the
         centre of the centre crop, so unrotated unzoomed samples reproduce the crop exactly.
         """
-        matrix = rotation_matrices(angles) / _scale_axes(factors, self.dummy_2d)[:, None, :]
+        matrix = rotation_matrices(angles) * _scale_axes(factors, self.dummy_2d)[:, None, :]
         half_out = torch.tensor([(p - 1) / 2 for p in self.patch_size], dtype=torch.float64)
         half_in = torch.tensor([max((i - 1) / 2, 0.5) for i in in_shape], dtype=torch.float64)
         centre = torch.tensor([s + (p - 1) / 2 for s, p in zip(starts, self.patch_size)], dtype=torch.float64)

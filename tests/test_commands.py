@@ -1,0 +1,146 @@
+"""The README's two study commands through their command-line entry points with their default device, at smoke
+scale (each in well under a minute on 2 cores), and the bad input they refuse with one line."""
+
+import contextlib
+import csv
+import io
+import shutil
+
+import pytest
+
+from covtransfer.cli import demo, study
+from covtransfer.cli.common import run_cli
+from covtransfer.experiments.demo import SMOKE_SCALE, print_demo_summary, run_demo
+from covtransfer.experiments.study import DEFAULT_STRATEGIES
+from tiny_data import write_raw_dataset
+
+STUDY_FLAGS = ["--target", "11", "--sources", "12", "13", "--folds", "all", "--preset", "cpu", "--epochs", "1",
+               "--iters-per-epoch", "2", "--val-iters", "1", "--no-tta", "-np", "1", "--fingerprint-voxels", "100000"]
+
+
+def _run(main, argv) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run_cli(main, argv)
+    return code, out.getvalue()
+
+
+def _roots(base) -> list[str]:
+    return ["--raw", str(base / "raw"), "--preprocessed", str(base / "preprocessed"), "--results",
+            str(base / "results")]
+
+
+def _refused(main, argv, capsys, message: str) -> None:
+    capsys.readouterr()
+    code, _ = _run(main, argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # earlier lines can only be progress bars of finished preprocessing
+    assert last.startswith("error: ") and message in last, err
+
+
+def _check_outputs(folder, printed: str, strategies=DEFAULT_STRATEGIES) -> None:
+    for name in ("results.csv", "results.md", "pretraining.csv", "study.json", "convergence.png",
+                 "dice_boxplot.png"):
+        assert (folder / name).is_file(), name
+    assert list(folder.glob("overlay_*.png"))
+    for strategy in strategies:
+        assert f"| {strategy} |" in printed
+    assert "Paired comparison with scratch" in printed and "final EMA pseudo Dice per source" in printed
+    with open(folder / "results.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["strategy"] for row in table] == list(strategies)
+    assert table[0]["delta_dice"] == "n/a" and table[1]["wilcoxon_p_dice"] != ""
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("demo") / "out"
+    code, printed = _run(demo.main, ["--scale", "smoke", "-o", str(output)])
+    assert code == 0
+    return output, printed
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study_cli")
+    write_raw_dataset(base / "raw", 11, "Target", n_train=4, n_test=2, seed=1)
+    write_raw_dataset(base / "raw", 12, "SourceA", n_train=2, seed=2, intensity=400.0)
+    write_raw_dataset(base / "raw", 13, "SourceB", n_train=2, seed=3, intensity=500.0)
+    code, printed = _run(study.main, STUDY_FLAGS + _roots(base) + ["-o", str(base / "study")])
+    assert code == 0
+    return base, printed
+
+
+def test_demo_command_with_defaults(demo_run):
+    output, printed = demo_run
+    _check_outputs(output / "seed_0" / "study", printed)
+    assert not (output / "across_seeds").exists()
+
+
+def test_study_command_with_defaults(study_run):
+    base, printed = study_run
+    _check_outputs(base / "study", printed)
+    assert "--device cpu" in (base / "study" / "commands.txt").read_text()
+
+
+def test_demo_refuses_bad_input(demo_run, capsys, tmp_path):
+    output, _ = demo_run
+    fresh = ["-o", str(tmp_path / "fresh")]
+    _refused(demo.main, ["--scale", "smoke", "--strategies", "scratch,magic"] + fresh, capsys, "unknown strategy")
+    _refused(demo.main, ["--scale", "smoke", "--strategies", ""] + fresh, capsys, "--strategies is empty")
+    _refused(demo.main, ["--scale", "huge"] + fresh, capsys, "--scale 'huge'")
+    _refused(demo.main, ["--scale", "smoke", "--seeds", "0"] + fresh, capsys, "at least one seed")
+    assert not (tmp_path / "fresh").exists()
+    # the smoke run's folder holds data and results of another scale
+    _refused(demo.main, ["--scale", "cpu", "-o", str(output)], capsys, "synthetic data of another demo run")
+
+
+def test_study_refuses_bad_input(study_run, capsys, tmp_path):
+    base, _ = study_run
+    roots = _roots(base)
+    fresh = ["-o", str(tmp_path / "fresh")]
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--strategies", "scratch,magic"], capsys, "unknown strategy")
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--strategies", "pretrain"], capsys, "unknown strategy")
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "x"], capsys, "unknown fold 'x'")
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "0", "0"], capsys, "fold twice")
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "7"], capsys, "unknown fold 7")
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--sources", "11", "12"], capsys, "includes the target")
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--target", "99"], capsys, "no dataset with id 99")
+    # the study folder holds results of another configuration
+    _refused(study.main, STUDY_FLAGS + roots + ["-o", str(base / "study"), "--epochs", "2"], capsys,
+             "holds a study of another configuration (pretrain_settings.epochs 1 there, 2 now; settings.epochs 1 there")
+    # a fresh study folder, but the results root holds models trained with other settings
+    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--epochs", "2"], capsys, "was trained with other settings")
+
+
+def test_study_refuses_a_pretraining_from_sources_planned_otherwise(study_run, capsys, tmp_path):
+    base, _ = study_run
+    copy = tmp_path / "copy"
+    for name in ("raw", "preprocessed", "results"):
+        shutil.copytree(base / name, copy / name)
+    # planned again with the default planner, the target's plans no longer match those the pre-training used
+    flags = [f for f in STUDY_FLAGS if f not in ("--preset", "cpu")]
+    _refused(study.main, flags + _roots(copy) + ["-o", str(copy / "study")], capsys,
+             "was trained with plans other than those of Dataset011_Target")
+
+
+def test_demo_runs_several_seeds_and_summarises_them(tmp_path, capsys):
+    result = run_demo(tmp_path, "cpu", seed=3, scale=SMOKE_SCALE, n_seeds=2, strategies=["scratch", "finetune"])
+    assert [run.seed for run in result.runs] == [3, 4]
+    assert all((tmp_path / f"seed_{s}" / "study" / "results.md").is_file() for s in (3, 4))
+    summary = result.across_seeds
+    assert summary == tmp_path / "across_seeds"
+    with open(summary / "results.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(row["strategy"], row["seeds"]) for row in table] == [("scratch", "2"), ("finetune", "2")]
+    assert table[1]["pairs_dice"] == str(2 * SMOKE_SCALE.n_target_test)
+    text = (summary / "results.md").read_text()
+    assert "± " in text and "Paired comparison with scratch" in text and "across seeds" in text
+    assert (summary / "pretraining.csv").is_file()
+    capsys.readouterr()
+    print_demo_summary(result)
+    printed = capsys.readouterr().out
+    assert "# seed 3" in printed and "# seed 4" in printed and "# across seeds" in printed
+    assert "Seeds 3, 4: mean ± sd across seeds" in printed
