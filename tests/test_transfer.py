@@ -278,7 +278,7 @@ def test_saved_checkpoint_rebuilds_the_same_network(roots, source, tmp_path, str
     save_checkpoint(tmp_path / "checkpoint.pt", trainer.checkpoint())
     rebuilt = build_from_checkpoint(load_checkpoint(tmp_path / "checkpoint.pt")).eval()
     trainer.network.deep_supervision = False
-    trainer.network.eval()
+    trainer.network.eval().to(memory_format=torch.contiguous_format)  # trains channels-last on a CPU
     images, _ = random_batch(trainer.plans, seed=5)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(images), trainer.network(images), rtol=0, atol=0)

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="mixed precision: auto = on GPUs only (bf16, or fp16 with loss scaling); on = also on the CPU "
-                        "(bf16, about twice as fast there); off = fp32 everywhere")
+                        "(bf16; only faster on CPUs with native bf16, over 10x slower on AVX2-only ones); off = fp32")
     p.add_argument("--save-every", type=int, default=defaults.save_every,
                    help=f"write checkpoint_latest.pt every N epochs (default {defaults.save_every})")
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")

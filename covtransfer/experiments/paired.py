@@ -15,6 +15,8 @@ import warnings
 import numpy as np
 from scipy.stats import wilcoxon
 
+from covtransfer.experiments.markdown import markdown_table
+
 PAIRED_METRICS = ("dice", "nsd")
 BASELINE = "scratch"
 N_RESAMPLES = 10_000
@@ -108,7 +110,7 @@ def paired_table(paired: list[dict]) -> str:
     """The paired statistics as a Markdown table (differences in percentage points)."""
     header = ["pre-training", "strategy", "pairs", "Δ DSC (pp)", "95 % CI", "Wilcoxon p", "Δ NSD (pp)", "95 % CI",
               "Wilcoxon p"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for row in paired:
         pairs = {row[f"pairs_{m}"] for m in PAIRED_METRICS}
         cells = [row["pretraining"], row["strategy"], " / ".join(str(row[f"pairs_{m}"]) for m in PAIRED_METRICS)
@@ -117,5 +119,5 @@ def paired_table(paired: list[dict]) -> str:
             low, high = row[f"delta_{metric}_ci_low"], row[f"delta_{metric}_ci_high"]
             interval = f"[{_points(low)}, {_points(high)}]" if math.isfinite(low) else "n/a"
             cells += [_points(row[f"delta_{metric}"]), interval, _p_value(row[f"wilcoxon_p_{metric}"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_table(header, table)

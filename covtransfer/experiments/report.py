@@ -13,6 +13,7 @@ import numpy as np
 from covtransfer.atomic import atomic_path, write_text
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.image_io import read_image
+from covtransfer.experiments.markdown import markdown_table
 from covtransfer.experiments.paired import N_RESAMPLES, paired_table
 from covtransfer.experiments.pretraining_summary import pretraining_table
 
@@ -36,13 +37,13 @@ def _percent(mean: float, std: float) -> str:
 def results_table(rows: list[dict]) -> str:
     """The results as a Markdown table (metrics in %, mean ± std over all test cases of all folds)."""
     header = ["pre-training", "strategy", "cases"] + [c for c, _ in COLUMNS] + ["train min/fold", "conv. epoch"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for row in rows:
         cells = [row["pretraining"], row["strategy"], str(row["num_cases"])]
         cells += [_percent(row[f"{m}_mean"], row[f"{m}_std"]) for _, m in COLUMNS]
         cells += [_number(row["training_minutes"]), _number(row["convergence_epoch"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_table(header, table)
 
 
 PAIRED_NOTE = ("Each strategy minus scratch on the same test cases (same fold), in percentage points; 95 % CI: "

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from covtransfer.atomic import write_text
+from covtransfer.experiments.markdown import markdown_table
 from covtransfer.experiments.paired import PAIRED_METRICS, paired_rows, paired_table
 from covtransfer.experiments.report import COLUMNS, NO_PAIRS, PAIRED_NOTE, write_csv
 from covtransfer.experiments.study import METRICS
@@ -93,13 +94,13 @@ def _cell(mean: float, sd: float, scale: float = 100.0, digits: int = 1, signed:
 def seeds_table(rows: list[dict]) -> str:
     """The across-seeds rows as a Markdown table (metrics in %, Δ in percentage points; mean ± sd across seeds)."""
     header = ["pre-training", "strategy", "seeds"] + [c for c, _ in COLUMNS] + ["Δ DSC (pp)", "Δ NSD (pp)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for row in rows:
         cells = [row["pretraining"], row["strategy"], str(row["seeds"])]
         cells += [_cell(row[f"{m}_mean"], row[f"{m}_sd"]) for _, m in COLUMNS]
         cells += [_cell(row[f"delta_{m}_mean"], row[f"delta_{m}_sd"], signed=True) for m in PAIRED_METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_table(header, table)
 
 
 def pretraining_seeds_table(rows: list[dict]) -> str:

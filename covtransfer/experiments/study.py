@@ -95,8 +95,9 @@ class Study:
         self.commands.append(text)
 
     def _flags(self, settings: TrainingSettings) -> str:
+        weights = f" --source-weights {' '.join(map(str, settings.source_weights))}" if settings.source_weights else ""
         return (f"--epochs {settings.epochs} --iters-per-epoch {settings.iters_per_epoch} "
-                f"--val-iters {settings.val_iters} --device {settings.device} --seed {settings.seed}")
+                f"--val-iters {settings.val_iters} --device {settings.device} --seed {settings.seed}{weights}")
 
     def record(self, target: str, sources: list[str]) -> dict:
         """The spec as recorded in ``study.json`` (dataset names resolved, execution-only settings left out)."""

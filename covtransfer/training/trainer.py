@@ -122,7 +122,9 @@ class Trainer:
                                      kind=strategy.network_kind, deep_supervision=True)
         self.load_report = strategy.initialise(self.network, pretrained, pretrained_source)
         groups = strategy.parameter_groups(self.network)
-        self.network.to(self.device)
+        # oneDNN's 3D convolutions run about a fifth faster on channels-last tensors on a CPU
+        self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
+        self.network.to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True,
                                          weight_decay=settings.weight_decay)
         self.amp_dtype = self._amp_dtype()
@@ -240,6 +242,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, seg: torch.Tensor, task: str) -> float:
         """One optimiser step on an augmented batch; returns the loss."""
         targets = downsample_seg_for_ds(seg, self.ds_scales)
+        images = images.contiguous(memory_format=self.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.model(images, task=task)
@@ -258,6 +261,7 @@ class Trainer:
     def validation_step(self, images: torch.Tensor, seg: torch.Tensor, task: str) -> tuple[float, torch.Tensor]:
         """Loss and per-class TP/FP/FN (foreground classes) of one validation batch."""
         targets = downsample_seg_for_ds(seg, self.ds_scales)
+        images = images.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.model(images, task=task)
             loss = self.loss(outputs, targets)
