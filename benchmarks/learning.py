@@ -233,14 +233,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                         help="torch threads per run (default: half the cores)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: summarise the runs of --work that have finished")
     args = parser.parse_args(argv)
     bench = Bench(args)
-    for kind in args.datasets:
-        prepare(bench, kind, "nnunet" in args.tools)
     runs = [Run(tool, kind, seed) for kind in args.datasets for seed in args.seeds for tool in args.tools]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        folders = dict(zip(runs, pool.map(lambda run: train_and_predict(bench, run), runs)))
+    if args.report_only:
+        folders = {run: bench.work / "runs" / run.name for run in runs}
+        runs = [run for run in runs if (folders[run] / "scores.json").is_file()]
+    else:
+        for kind in args.datasets:
+            prepare(bench, kind, "nnunet" in args.tools)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            folders = dict(zip(runs, pool.map(lambda run: train_and_predict(bench, run), runs)))
     records = [json.loads((folders[run] / "scores.json").read_text()) for run in runs]
+    for run, record in zip(runs, records):  # scored again, so that every run uses today's evaluator
+        record["cases"] = score(bench.dataset_folder(run.kind) / "labelsTs", folders[run] / "predictions")
+        (folders[run] / "scores.json").write_text(json.dumps(record, indent=1))
     if bench.nnunet_python is not None:
         worst = max(check_against_surface_distance(bench, folders[run], run.kind) for run in runs)
         print(f"covtransfer's evaluator vs surface-distance: largest difference {worst:.2e}")

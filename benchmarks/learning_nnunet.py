@@ -126,10 +126,13 @@ def surface(references: Path, predictions: Path, tolerance: float, out: Path) ->
         ref = sitk.GetArrayFromImage(ref_image) == 1
         pred = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / reference.name))) == 1
         spacing = ref_image.GetSpacing()[::-1]
-        distances = surface_distance.compute_surface_distances(ref, pred, spacing)
+        if ref.any() and pred.any():
+            distances = surface_distance.compute_surface_distances(ref, pred, spacing)
+            nsd = float(surface_distance.compute_surface_dice_at_tolerance(distances, tolerance))
+        else:  # one mask empty: no surface to match (surface-distance itself fails here under numpy 2)
+            nsd = float(ref.any() == pred.any())
         scores[reference.name[:-len(".nii.gz")]] = {
-            "dice": float(surface_distance.compute_dice_coefficient(ref, pred)),
-            "nsd": float(surface_distance.compute_surface_dice_at_tolerance(distances, tolerance))}
+            "dice": float(surface_distance.compute_dice_coefficient(ref, pred)), "nsd": nsd}
     out.write_text(json.dumps(scores, indent=1))
 
 
