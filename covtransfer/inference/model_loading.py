@@ -160,7 +160,6 @@ def load_models(paths: Sequence[str | os.PathLike], device: torch.device | str =
     """Load every checkpoint of an ensemble and check that they fit together."""
     if not paths:
         raise CovtransferError("no checkpoints given")
-    device = resolve_device(device)
     models = [load_model(p, device) for p in paths]
     check_ensemble(models)
     return models
