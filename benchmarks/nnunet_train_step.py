@@ -270,6 +270,10 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    # nnUNetv2_train sets these in run_training() before it builds the trainer; importing the trainer directly skips
+    # them. Without the autotuner nnU-Net's step measured 289 ms instead of 64 ms on an H200 (2026-11-27).
+    torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.benchmark = True
     device_name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     spec = NETWORKS[args.network]
     plans = plans_for(spec)
