@@ -11,7 +11,7 @@ from covtransfer.network.build import (build_from_checkpoint, build_from_spec, b
                                        state_dict_mismatches)
 from covtransfer.network.fusion import SelectiveFusion, hidden_size
 from covtransfer.network.hybrid import HybridUNet
-from covtransfer.network.unet import UNet
+from covtransfer.network.unet import FOREGROUND_PRIOR, UNet
 from covtransfer.plans import Configuration
 
 
@@ -117,8 +117,23 @@ def test_he_initialisation_and_zero_bias():
     fan_in = conv.in_channels * math.prod(conv.kernel_size)
     expected_std = math.sqrt(2.0 / (1 + 0.01 ** 2) / fan_in)
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
-    convs = [m for m in network.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    heads = set(network.heads.modules())
+    convs = [m for m in network.modules()
+             if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) and m not in heads]
     assert all(torch.count_nonzero(m.bias) == 0 for m in convs)
+
+
+@pytest.mark.parametrize("kind", ["unet", "hybrid"])
+def test_heads_start_every_foreground_class_at_the_prior(kind):
+    network = build_network(make_configuration(features=(16, 32, 64)), 1, {"covid": 2, "organs": 4}, kind=kind)
+    for task, n_classes in (("covid", 2), ("organs", 4)):
+        for head in network.heads[task]:
+            probabilities = torch.softmax(head.bias.double(), 0)
+            expected = [1 - (n_classes - 1) * FOREGROUND_PRIOR] + [FOREGROUND_PRIOR] * (n_classes - 1)
+            assert probabilities.tolist() == pytest.approx(expected, abs=1e-7)
+    # on a random input the full-resolution output starts near the prior, not at 1/K
+    output = network.eval()(torch.randn(1, 1, 16, 32, 32), task="covid")
+    assert torch.softmax(output[0], 1)[:, 1].mean().item() == pytest.approx(FOREGROUND_PRIOR, rel=0.5)
 
 
 def test_multi_task_heads_have_own_classes_and_gradients_only_flow_through_the_chosen_task():
