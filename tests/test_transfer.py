@@ -27,7 +27,7 @@ from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import UNet
 from covtransfer.plans import Plans
-from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import train
 from covtransfer.training.batch_stream import BatchStream
