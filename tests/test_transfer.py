@@ -8,6 +8,7 @@ shapes on an anisotropic plan are tested in tests/test_network.py (test_fusion_*
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from covtransfer.inference.model_loading import load_model
 from covtransfer.inference.predictor import predict_folder, predict_logits
 from covtransfer.inference.sliding_window import predict_sliding_window
 from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import UNet
@@ -90,7 +92,7 @@ def pretrained(roots) -> Path:
 
 
 @pytest.fixture(scope="module")
-def source(pretrained) -> dict:
+def source(pretrained) -> Checkpoint:
     return load_checkpoint(pretrained / "checkpoint_final.pt")
 
 
@@ -106,23 +108,23 @@ def runs(roots, pretrained) -> dict[str, Path]:
 def test_pretrain_writes_one_run_with_a_head_set_per_source(roots, pretrained, source):
     assert pretrained == roots.results / f"Pretrain__{SRC1_NAME}__{SRC2_NAME}" / "pretrain" / "fold_all"
     assert (pretrained / "checkpoint_final.pt").is_file()
-    assert source["network"]["heads"] == {SRC1_NAME: 2, SRC2_NAME: 2}
-    assert source["tasks"] == [SRC1_NAME, SRC2_NAME] and source["strategy"] == {"name": "pretrain"}
-    state = source["state_dict"]
+    assert source.heads == {SRC1_NAME: 2, SRC2_NAME: 2} and source.strategy == {"name": "pretrain"}
+    assert list(source.labels) == [SRC1_NAME, SRC2_NAME] and source.predict_head == SRC1_NAME
+    state = source.state_dict
     assert names(state, f"heads.{SRC1_NAME}") and len(names(state, f"heads.{SRC1_NAME}")) == \
         len(names(state, f"heads.{SRC2_NAME}"))
     assert {n.split(".")[0] for n in state} == {"encoder", "decoder", "heads"}
     target_plans = Plans.load(roots.preprocessed / TARGET_NAME / "plans.json")
-    assert Plans.from_dict(source["plans"]).configuration(CONFIG).to_dict() == \
+    assert source.configuration.to_dict() == \
         target_plans.configuration(CONFIG).to_dict()
-    assert source["epoch"] == 2 and len(source["history"]) == 2
+    assert source.epoch == 2 and len(source.history) == 2
     for name in (SRC1_NAME, SRC2_NAME):
         assert (pretrained / "validation" / name / "summary.json").is_file()
 
 
 def test_a_batch_of_one_source_gives_no_gradient_to_the_other_sources_heads(source):
     network = build_from_checkpoint(source, deep_supervision=True)
-    images, _ = random_batch(Plans.from_dict(source["plans"]))
+    images, _ = random_batch(source.plans)
     outputs = network(images, task=SRC2_NAME)
     sum(o.square().mean() for o in outputs).backward()
     grads = dict(network.named_parameters())
@@ -191,7 +193,7 @@ def optimised(trainer: Trainer) -> set[int]:
 
 def test_continual_loads_encoder_and_decoder_and_trains_everything(roots, source, tmp_path):
     trainer = target_trainer(roots, make_strategy("continual"), source, tmp_path)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     loaded = sorted(names(pre, "encoder") + names(pre, "decoder"))
     assert all(torch.equal(state[n], pre[n]) for n in loaded)
     assert sorted(trainer.load_report.loaded) == loaded
@@ -202,7 +204,7 @@ def test_continual_loads_encoder_and_decoder_and_trains_everything(roots, source
 
 def test_pretrained_encoder_loads_only_the_encoder(roots, source, tmp_path):
     trainer = target_trainer(roots, make_strategy("encoder"), source, tmp_path)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     assert all(torch.equal(state[n], pre[n]) for n in names(pre, "encoder"))
     decoder_convs = [n for n in names(pre, "decoder") if n.endswith("weight") and pre[n].ndim == 5]
     assert decoder_convs and not any(torch.equal(state[n], pre[n]) for n in decoder_convs)
@@ -222,7 +224,7 @@ def test_finetune_freezes_the_encoder_and_keeps_it_bit_identical(roots, source, 
         assert any(n.startswith("encoder.stages.1.") for n in params if n not in frozen)
     for step in range(3):
         trainer.train_step(*random_batch(trainer.plans, seed=step), TARGET_NAME)
-    pre = source["state_dict"]
+    pre = source.state_dict
     assert all(torch.equal(params[n].detach(), pre[n]) for n in frozen)
     trained = [n for n in names(pre, "encoder") + names(pre, "decoder") if n not in frozen]
     assert not all(torch.equal(params[n].detach(), pre[n]) for n in trained)
@@ -232,7 +234,7 @@ def test_hybrid_adapts_the_pretrained_encoder_at_a_reduced_rate_beside_a_random_
                                                                                             tmp_path):
     trainer = target_trainer(roots, make_strategy("hybrid"), source, tmp_path)
     assert isinstance(trainer.network, HybridUNet)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     encoder = names(pre, "encoder")
     assert all(torch.equal(state["adapted_" + n], pre[n]) for n in encoder)
     convs = [n for n in encoder if pre[n].ndim == 5]
@@ -259,15 +261,15 @@ def test_hybrid_freeze_adapted_keeps_the_pretrained_encoder(roots, source, tmp_p
     assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0]
     for step in range(2):
         trainer.train_step(*random_batch(trainer.plans, seed=step), TARGET_NAME)
-    assert all(torch.equal(params["adapted_" + n].detach(), source["state_dict"][n])
-               for n in names(source["state_dict"], "encoder"))
+    assert all(torch.equal(params["adapted_" + n].detach(), source.state_dict[n])
+               for n in names(source.state_dict, "encoder"))
     assert trainer.network.last_attention[0].shape == (2, trainer.configuration.features_per_stage[0])
 
 
 def test_scratch_loads_nothing(roots, source, tmp_path):
     trainer = target_trainer(roots, make_strategy("scratch"), None, tmp_path)
     assert trainer.load_report is None and isinstance(trainer.network, UNet)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     assert not any(torch.equal(state[n], pre[n]) for n in names(pre, "encoder") if pre[n].ndim == 5)
 
 
@@ -290,9 +292,9 @@ def test_every_strategy_run_records_what_it_loaded(roots, runs, source, pretrain
     folder = runs[strategy]
     assert folder == roots.results / TARGET_NAME / strategy / "fold_0"
     checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
-    assert checkpoint["strategy"]["name"] == strategy
-    assert checkpoint["network"]["kind"] == ("hybrid" if strategy == "hybrid" else "unet")
-    assert checkpoint["network"]["heads"] == {TARGET_NAME: 2}
+    assert checkpoint.strategy["name"] == strategy
+    assert checkpoint.kind == ("hybrid" if strategy == "hybrid" else "unet")
+    assert checkpoint.heads == {TARGET_NAME: 2}
     report_path = folder / "load_report.json"
     if strategy == "scratch":
         assert not report_path.exists()
@@ -300,7 +302,7 @@ def test_every_strategy_run_records_what_it_loaded(roots, runs, source, pretrain
     report = json.loads(report_path.read_text())
     assert set(report) == {"source", "loaded", "skipped", "missing"}
     assert report["source"] == str(pretrained / "checkpoint_final.pt")
-    pre = source["state_dict"]
+    pre = source.state_dict
     expected = sorted(names(pre, "encoder") + (names(pre, "decoder") if strategy in ("continual", "finetune") else []))
     assert sorted(report["loaded"]) == expected
     assert sorted(report["loaded"] + report["skipped"]) == sorted(pre)
@@ -313,13 +315,12 @@ def test_checkpoint_of_every_strategy_predicts_a_preprocessed_case(roots, runs, 
     checkpoint = load_checkpoint(path)
     network = build_from_checkpoint(checkpoint).eval()
     assert isinstance(network, HybridUNet if strategy == "hybrid" else UNet)
-    assert all(torch.equal(v, checkpoint["state_dict"][k]) for k, v in network.state_dict().items())
-    plans = Plans.from_dict(checkpoint["plans"])
-    configuration = plans.configuration(checkpoint["configuration_name"])
+    assert all(torch.equal(v, checkpoint.state_dict[k]) for k, v in network.state_dict().items())
+    configuration = checkpoint.configuration
     case_folder = roots.preprocessed / TARGET_NAME / configuration.data_identifier
     data, _, _ = load_case(case_folder, sorted(p.stem for p in case_folder.glob("*.json"))[0])
     volume = torch.from_numpy(data)
-    logits = predict_sliding_window(network, volume, configuration.patch_size, 2, task=checkpoint["predict_head"])
+    logits = predict_sliding_window(network, volume, configuration.patch_size, 2, task=checkpoint.predict_head)
     assert logits.shape == (2, *data.shape[1:]) and torch.isfinite(logits).all()
     model = load_model(path)
     assert model.task == TARGET_NAME and model.num_classes == 2
@@ -361,7 +362,8 @@ def test_missing_or_unreadable_pretrained_model_is_refused(roots, tmp_path, stra
 
 
 def test_checkpoint_with_another_channel_count_is_refused(roots, source, tmp_path):
-    two_channels = {**source, "network": {**source["network"], "num_input_channels": 2}}
+    plans = replace(source.plans, channel_names={"0": "CT", "1": "CT"})
+    two_channels = replace(source, plans=plans)
     save_checkpoint(tmp_path / "two.pt", two_channels)
     refuse(roots, "2 input channel.*target has 1", [TARGET], make_strategy("continual"), 0, roots, settings(),
            pretrained=tmp_path / "two.pt")
@@ -380,12 +382,11 @@ def test_checkpoint_with_another_topology_is_refused_naming_plans_from(roots, ot
 
 def test_checkpoint_differing_only_in_strides_is_refused(roots, source, tmp_path):
     """Same tensor shapes for the encoder, different strides: loading would succeed but compute another network."""
-    configuration = dict(source["network"]["configuration"])
-    strides = configuration["strides"]
-    configuration["strides"] = [strides[0], *strides[2:], strides[1]]
-    assert configuration["strides"] != strides
-    save_checkpoint(tmp_path / "strides.pt", {**source, "network": {**source["network"],
-                                                                     "configuration": configuration}})
+    strides = source.configuration.strides
+    configuration = replace(source.configuration, strides=[strides[0], *strides[2:], strides[1]])
+    assert configuration.strides != strides
+    plans = replace(source.plans, configurations={**source.plans.configurations, CONFIG: configuration})
+    save_checkpoint(tmp_path / "strides.pt", replace(source, plans=plans))
     refuse(roots, "strides.*--plans-from", [TARGET], make_strategy("encoder"), 0, roots, settings(),
            pretrained=tmp_path / "strides.pt")
 
@@ -434,15 +435,15 @@ def test_cli_trains_the_hybrid_from_the_multi_lesion_model(roots, pretrained, so
     folder = roots.results / TARGET_NAME / "hybrid__from_multi" / "fold_0"
     assert code == 0 and f"done: {folder}" in capsys.readouterr().out
     checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
-    assert checkpoint["strategy"] == {"name": "hybrid", "adapted_lr_scale": 0.1, "freeze_adapted": False}
-    lrs = {g["lr_scale"]: g["lr"] for g in checkpoint["optimizer"]["param_groups"]}
+    assert checkpoint.strategy == {"name": "hybrid", "adapted_lr_scale": 0.1, "freeze_adapted": False}
+    lrs = {g["lr_scale"]: g["lr"] for g in checkpoint.optimizer["param_groups"]}
     assert lrs[1.0] == pytest.approx(1e-2) and lrs[0.1] == pytest.approx(1e-3)
     assert (folder / "load_report.json").is_file()
     assert "loaded" in (folder / "training_log.txt").read_text()
     assert (folder / "validation" / "summary.json").is_file()
     assert (folder.parent / "plans.json").is_file()
     model = load_model(folder / "checkpoint_final.pt")
-    pre = source["state_dict"]
+    pre = source.state_dict
     trained_adapted = model.network.state_dict()
     moved = [n for n in names(pre, "encoder") if not torch.equal(trained_adapted["adapted_" + n], pre[n])]
     assert moved, "the adapted encoder is trained (at a reduced rate), not frozen"
