@@ -23,12 +23,15 @@ from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
 from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
+from covtransfer.inference.sliding_window import window_starts
 from covtransfer.plans import Plans
+from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import fold_folder, load_task, read_metrics, train
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, moving_average, poly_lr
+from covtransfer.training.validation import validate_fold, window_count
 from tiny_data import preprocessed_roots, write_raw_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +197,45 @@ def test_final_validation_scores_each_validation_case(full_run, roots):
         reference, reference_geometry = read_image(roots.raw / DATASET / "labelsTr" / f"{case}.nii.gz")
         assert prediction.shape == reference.shape and geometry.matches(reference_geometry)
         assert set(np.unique(prediction)) <= {0, 1}
+
+
+def test_window_count_matches_the_sliding_window():
+    assert window_count((16, 32, 32), (16, 32, 32)) == 1
+    assert window_count((10, 20, 20), (16, 32, 32)) == 1  # padded to the patch
+    assert window_count((40, 32, 100), (16, 32, 32)) == len(window_starts(40, 16, 0.5)) * len(
+        window_starts(100, 32, 0.5)) == 4 * 6  # ceil(24 / 8) + 1 and ceil(68 / 16) + 1
+
+
+@pytest.mark.parametrize("mode, passes", [("auto", 1), ("off", 1), ("on", 8)])
+def test_final_validation_mirroring_follows_the_option_and_shows_windows(roots, tmp_path, capsys, mode, passes):
+    """On the CPU ``auto`` means no mirroring: one forward pass per window instead of eight."""
+    task = load_task(roots, 1, "3d_fullres", 0)
+    trainer = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "fold",
+                      settings(validation_tta=mode))
+    assert trainer.validation_mirroring is (passes == 8)
+    trainer.output_folder.mkdir()  # fit() makes it
+    calls = []
+    trainer.network.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    validate_fold(trainer, task, tmp_path / "validation")
+    windows = [window_count(load_case(task.preprocessed_folder / "3d_fullres", case)[0].shape[1:],
+                            trainer.configuration.patch_size) for case in task.val_ids]
+    assert sum(calls) == sum(windows) * passes  # windows evaluated, over every batch of windows
+    err = capsys.readouterr().err
+    assert f"validating {DATASET}" in err and f"{task.val_ids[-1]}: {windows[-1]} window" in err
+    assert f"x {passes}" in err
+    log = (tmp_path / "fold" / "training_log.txt").read_text()
+    assert f"mirroring {'on' if passes == 8 else 'off'} ({passes} pass" in log
+
+
+def test_validation_mirroring_values_are_checked_and_reach_the_settings(roots, tmp_path, monkeypatch):
+    with pytest.raises(CovtransferError, match="--val-mirroring 'yes': use auto, on or off"):
+        train([1], make_strategy("scratch"), 0, results_in(roots, tmp_path / "r"), settings(validation_tta="yes"))
+    assert not (tmp_path / "r").exists()
+    seen = []
+    monkeypatch.setattr("covtransfer.cli.train.train", lambda *args, **kwargs: seen.append(args[4]) or tmp_path)
+    main(["-d", DATASET, "--device", "cpu", "--val-mirroring", "on"])
+    main(["-d", DATASET, "--device", "cpu"])
+    assert [s.validation_tta for s in seen] == ["on", "auto"]
 
 
 def test_checkpoint_is_safe_to_load_and_self_describing(full_run, roots):

@@ -45,7 +45,7 @@ TRANSFER = ("continual", "finetune", "encoder", "hybrid")
 
 def settings(epochs: int = 1, iters: int = 1, val_iters: int = 0, **extra) -> TrainingSettings:
     """Seconds-long runs on the CPU; no final validation unless asked."""
-    options = {"device": "cpu", "save_every": 1000, "final_validation": False, "validation_tta": False, **extra}
+    options = {"device": "cpu", "save_every": 1000, "final_validation": False, "validation_tta": "off", **extra}
     return TrainingSettings(epochs=epochs, iters_per_epoch=iters, val_iters=val_iters, **options)
 
 

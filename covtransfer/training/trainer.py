@@ -58,7 +58,7 @@ class TrainingSettings:
     num_workers: int | None = None
     source_weights: list[float] | None = None
     final_validation: bool = True
-    validation_tta: bool = True
+    validation_tta: str = "auto"  # mirroring in final validation: auto (on GPUs only), on or off
 
 
 @dataclass
@@ -129,6 +129,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True,
                                          weight_decay=settings.weight_decay)
         self.amp_dtype = self._amp_dtype()
+        self.validation_mirroring = self._validation_mirroring()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         n_outputs = self.configuration.n_stages - 1
         self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=self.configuration.batch_dice), deep_supervision_weights(n_outputs))
@@ -148,6 +149,13 @@ class Trainer:
         if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
         return torch.bfloat16
+
+    def _validation_mirroring(self) -> bool:
+        """Mirroring in final validation: 8 passes per window, affordable on GPUs; by default off on CPUs."""
+        mode = self.settings.validation_tta
+        if mode not in ("auto", "on", "off"):
+            raise CovtransferError(f"--val-mirroring {mode!r}: use auto, on or off")
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda")
 
     def _wrap(self, network: nn.Module) -> nn.Module:
         model = network
