@@ -183,8 +183,10 @@ def test_pretraining_on_datasets_with_different_plans_is_refused(roots):
 
 
 # ------------------------------------------------------------------------------------------- strategies
-def target_trainer(roots: Roots, strategy, checkpoint: dict | None, folder: Path) -> Trainer:
-    return Trainer([task_of(roots, TARGET_NAME)], CONFIG, strategy, folder, settings(), checkpoint, "pretrained.pt")
+def target_trainer(roots: Roots, strategy, checkpoint: Checkpoint | None, folder: Path,
+                   run_settings: TrainingSettings | None = None) -> Trainer:
+    return Trainer([task_of(roots, TARGET_NAME)], CONFIG, strategy, folder, run_settings or settings(), checkpoint,
+                   "pretrained.pt")
 
 
 def optimised(trainer: Trainer) -> set[int]:
@@ -245,6 +247,49 @@ def test_hybrid_adapts_the_pretrained_encoder_at_a_reduced_rate_beside_a_random_
     adapted = {id(p) for n, p in trainer.network.named_parameters() if n.startswith("adapted_encoder.")}
     assert set(groups) == {1.0, 0.1} and groups[0.1] == adapted
     assert groups[1.0] | adapted == {id(p) for p in trainer.network.parameters()}
+
+
+def test_hybrid_learning_rates_follow_the_poly_schedule_with_the_adapted_encoder_at_a_tenth(roots, source, tmp_path,
+                                                                                           monkeypatch):
+    """4 epochs × 2 steps: each step sees lr 0.01 × (1 − e/4)^0.9 and a tenth of it for the adapted encoder, and the
+    first SGD step moves an adapted weight by exactly its group's rate (Nesterov's first step: −lr (1 + m)(g + wd w))."""
+    trainer = target_trainer(roots, make_strategy("hybrid"), source, tmp_path, settings(epochs=4, iters=2))
+    adapted = {id(p) for n, p in trainer.network.named_parameters() if n.startswith("adapted_encoder.")}
+    seen, first = [], {}
+    real_step = Trainer.train_step
+
+    def train_step(self, images, seg, task):
+        rates = {}
+        for group in self.optimizer.param_groups:
+            ids = {id(p) for p in group["params"]}
+            assert ids <= adapted or not ids & adapted  # the adapted encoder has a group of its own
+            rates["adapted" if ids <= adapted else "rest"] = group["lr"]
+        seen.append(rates)
+        before = {id(p): p.detach().clone() for group in self.optimizer.param_groups for p in group["params"]}
+        loss = real_step(self, images, seg, task)
+        if not first:
+            s = self.settings
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        first[id(p)] = (p.detach() - before[id(p)],
+                                        -group["lr"] * (1 + s.momentum) * (p.grad + s.weight_decay * before[id(p)]))
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    trainer.fit()
+    poly = [0.01, 0.007718895067235705, 0.005358867312681466, 0.0028717458874925874]  # 0.01 × (1 − e/4)^0.9
+    assert len(seen) == 8
+    for step, rates in enumerate(seen):
+        assert rates["rest"] == pytest.approx(poly[step // 2], rel=1e-12)
+        assert rates["adapted"] == pytest.approx(0.1 * poly[step // 2], rel=1e-12)
+    moved = [i for i in first if i in adapted and first[i][1].abs().max() > 0]
+    assert moved and len(moved) < len(first)
+    for update, expected in first.values():
+        torch.testing.assert_close(update, expected, rtol=1e-3, atol=1e-7)  # float32 weights lose ~3e-8
+    update, expected = (torch.cat([first[i][k].flatten() for i in moved]) for k in (0, 1))
+    assert float(update.norm() / expected.norm()) == pytest.approx(1.0, rel=1e-2)  # a full-rate step would be 10
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([poly[3], 0.1 * poly[3]], rel=1e-12)
 
 
 def test_hybrid_adapted_lr_scale_option(roots, source, tmp_path):
