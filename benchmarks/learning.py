@@ -37,7 +37,7 @@ import numpy as np
 from covtransfer.config import Roots
 from covtransfer.datasets.synthetic import make_synthetic_dataset
 from covtransfer.evaluation.evaluate import evaluate_case
-from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from covtransfer.training.api import read_metrics
 
 HERE = Path(__file__).resolve().parent

@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from covtransfer.data.image_io import Geometry, read_geometry, write_image  # noqa: E402
-from covtransfer.network.build import build_network, network_spec  # noqa: E402
+from covtransfer.network.build import build_network  # noqa: E402
+from covtransfer.network.checkpoint import Checkpoint  # noqa: E402
+from covtransfer.network.checkpoint_io import save_checkpoint  # noqa: E402
 from covtransfer.plans import ChannelNormalization, Configuration, Plans  # noqa: E402
 
 TOPOLOGIES = {
@@ -94,15 +96,12 @@ def make_checkpoint(folder: Path, topology: str) -> Path:
         return path
     torch.manual_seed(0)
     plans = make_plans(topology)
-    configuration = plans.configuration("3d_fullres")
     heads = {TASK: 2}
-    network = build_network(configuration, 1, heads, deep_supervision=False)
-    checkpoint = {"format": "covtransfer-checkpoint", "version": 1, "network": network_spec(configuration, 1, heads),
-                  "plans": plans.to_dict(), "configuration_name": "3d_fullres", "dataset_name": TASK,
-                  "strategy": "benchmark", "labels": dict(plans.labels), "predict_head": TASK,
-                  "mirror_axes": [0, 1, 2], "state_dict": network.state_dict()}
+    network = build_network(plans.configuration("3d_fullres"), 1, heads, deep_supervision=False)
+    checkpoint = Checkpoint("unet", heads, plans, "3d_fullres", network.state_dict(), {TASK: dict(plans.labels)}, TASK,
+                            strategy={"name": "benchmark"})
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
+    save_checkpoint(path, checkpoint)
     return path
 
 

@@ -16,6 +16,7 @@ import torch
 
 from covtransfer.cli.train import main
 from covtransfer.network.build import build_from_spec, unwrap_network
+from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.training.distributed import DistributedContext, init_distributed, local_batch
 from covtransfer.training.trainer import Trainer
 from tiny_data import preprocessed_roots
@@ -74,9 +75,9 @@ def test_two_gloo_processes_end_with_identical_weights(roots, tmp_path):
 
     with torch.random.fork_rng():  # the trainer's initial weights, to show what training moved
         torch.manual_seed(checkpoint["settings"]["seed"])
-        initial = build_from_spec(checkpoint["network"]).state_dict()
+        initial = build_from_spec(Checkpoint.from_dict(checkpoint).network_spec).state_dict()
     kept = sorted(k for k in rank0 if torch.equal(rank0[k], initial[k]))
-    lowest = len(checkpoint["network"]["configuration"]["strides"]) - 2  # the zero-weight deep-supervision head
+    lowest = len(checkpoint["plans"]["configurations"]["3d_fullres"]["strides"]) - 2  # the zero-weight deep-supervision head
     assert kept == [f"heads.{DATASET}.{lowest}.bias", f"heads.{DATASET}.{lowest}.weight"]  # all else trained
 
     log = (folder / "training_log.txt").read_text()

@@ -20,7 +20,9 @@ from covtransfer.inference.model_loading import LoadedModel, checkpoint_paths, l
 from covtransfer.inference.predictor import (Predictor, ensemble_probabilities, predict_logits,
                                              predict_preprocessed)
 from covtransfer.inference.sliding_window import gaussian_importance, predict_sliding_window, window_starts
-from covtransfer.network.build import build_network, network_spec
+from covtransfer.network.build import build_network
+from covtransfer.network.checkpoint import Checkpoint
+from covtransfer.network.checkpoint_io import save_checkpoint as write_checkpoint
 from covtransfer.plans import ChannelNormalization, Configuration, Plans
 from covtransfer.preprocessing.preprocessor import CasePreprocessor
 
@@ -42,21 +44,18 @@ def make_plans(spacing=(2.0, 1.0, 1.0), transpose=(0, 1, 2), channels=1, patch=(
                  original_median_shape=[16, 24, 24], configurations={"3d_fullres": configuration})
 
 
-def make_checkpoint(plans: Plans, seed: int = 0, mirror_axes=(0, 1, 2)) -> dict:
+def make_checkpoint(plans: Plans, seed: int = 0, mirror_axes=(0, 1, 2)) -> Checkpoint:
     torch.manual_seed(seed)
-    configuration = plans.configuration("3d_fullres")
     heads = {"Dataset001_Test": 2}
-    network = build_network(configuration, plans.num_input_channels, heads, deep_supervision=False)
-    return {"format": "covtransfer-checkpoint", "version": 1,
-            "network": network_spec(configuration, plans.num_input_channels, heads),
-            "plans": plans.to_dict(), "configuration_name": "3d_fullres", "dataset_name": "Dataset001_Test",
-            "strategy": "scratch", "labels": dict(plans.labels), "predict_head": "Dataset001_Test",
-            "mirror_axes": list(mirror_axes), "state_dict": network.state_dict(), "epoch": 1}
+    network = build_network(plans.configuration("3d_fullres"), plans.num_input_channels, heads,
+                            deep_supervision=False)
+    return Checkpoint("unet", heads, plans, "3d_fullres", network.state_dict(), {"Dataset001_Test": dict(plans.labels)},
+                      "Dataset001_Test", tuple(mirror_axes), {"name": "scratch"}, epoch=1)
 
 
 def save_checkpoint(folder: Path, plans: Plans, seed: int = 0, name: str = "checkpoint_final.pt") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(make_checkpoint(plans, seed), folder / name)
+    write_checkpoint(folder / name, make_checkpoint(plans, seed))
     return folder / name
 
 
@@ -80,7 +79,8 @@ class Threshold(nn.Module):
 
 
 def pointwise_model(plans: Plans, source: Path = Path("none/checkpoint_final.pt")) -> LoadedModel:
-    return LoadedModel(Threshold(), plans, "3d_fullres", "t", 2, plans.num_input_channels, (0, 1, 2), source)
+    return LoadedModel(Threshold(), plans, "3d_fullres", "t", 2, plans.num_input_channels, (0, 1, 2), source,
+                       [0, 1])
 
 
 # --------------------------------------------------------------------------------------- sliding window
@@ -376,7 +376,7 @@ def test_postprocess_applies_rules_and_requires_them(tmp_path, results):
     plans = make_plans()
     fold = tmp_path / "model" / "fold_0"
     fold.mkdir(parents=True)
-    torch.save(make_checkpoint(plans), fold / "checkpoint_final.pt")
+    write_checkpoint(fold / "checkpoint_final.pt", make_checkpoint(plans))
     models = [pointwise_model(plans, fold / "checkpoint_final.pt")]
     (fold.parent / "postprocessing.json").write_text(json.dumps(
         {"largest_component_foreground": True, "largest_component_labels": []}))

@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from covtransfer.evaluation import metrics as m
+from covtransfer.evaluation.evaluate import summarise
 from covtransfer.evaluation.surface import (neighbourhood_codes, surface_area, surface_distances,
                                             surface_elements, surfel_area_table)
 
@@ -203,6 +204,22 @@ def test_empty_mask_conventions():
     assert math.isnan(m.hd95(empty, full, SPACING)) and m.hd95(empty, empty, SPACING) == 0.0
     assert m.normalized_surface_dice(empty, empty, SPACING, 1.0) == 1.0
     assert m.empty_label_row(3, 64) == {**both, "label": 3}
+
+
+def test_two_empty_masks_score_nsd_one_and_count_in_the_mean():
+    """Our convention (documentation/evaluation.md): NSD 1 and DSC 1 when the label is absent from both masks, and
+    such a case enters the mean. MONAI's compute_surface_dice returns NaN there and DeepMind's surface-distance 0/0
+    (NaN); a NaN-skipping mean would then score this pair of cases 0 instead of 0.5."""
+    empty = np.zeros((6, 6, 6), dtype=bool)
+    lesion = box((6, 6, 6), (1, 4), (1, 4), (1, 4))
+    assert m.normalized_surface_dice(empty, empty, SPACING, 3.0) == 1.0
+    assert m.normalized_surface_dice(empty, empty, SPACING, 0.0) == 1.0  # whatever the tolerance
+    missed = {**m.label_metrics(lesion, empty, SPACING, 3.0), "case": "missed"}
+    absent = {**m.label_metrics(empty, empty, SPACING, 3.0), "case": "absent"}
+    assert (missed["nsd"], missed["dice"], absent["nsd"], absent["dice"]) == (0.0, 0.0, 1.0, 1.0)
+    summary = summarise([missed, absent], [1])
+    assert summary["mean"]["1"]["nsd"] == summary["mean"]["1"]["dice"] == 0.5
+    assert summary["empty_reference"] == {"1": 1} and summary["empty_prediction"] == {"1": 2}
 
 
 def test_case_metrics_crops_without_changing_any_number():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from covtransfer.errors import CovtransferError
-from covtransfer.network.build import (build_from_checkpoint, build_from_spec, build_network, network_spec,
+from covtransfer.network.build import (build_from_spec, build_network, load_weights, network_spec,
                                        state_dict_mismatches)
 from covtransfer.network.fusion import SelectiveFusion, hidden_size
 from covtransfer.network.hybrid import HybridUNet
@@ -262,22 +262,22 @@ def test_hybrid_with_two_identical_encoders_equals_the_unet():
 
 
 @pytest.mark.parametrize("kind", ["unet", "hybrid"])
-def test_checkpoint_round_trip_gives_the_same_outputs(kind, tmp_path):
+def test_spec_and_weights_round_trip_give_the_same_outputs(kind, tmp_path):
     network = build_network(ANISOTROPIC, 1, {"tumour": 2, "covid": 3}, kind=kind)
     spec = network_spec(ANISOTROPIC, 1, {"tumour": 2, "covid": 3}, kind=kind)
     assert spec == {"kind": kind, "num_input_channels": 1, "heads": {"tumour": 2, "covid": 3},
                     "configuration": ANISOTROPIC.to_dict()}
-    path = tmp_path / "checkpoint_final.pt"
-    torch.save({"format": "covtransfer-checkpoint", "version": 1, "network": spec,
-                "state_dict": network.state_dict()}, path)
-    loaded = build_from_checkpoint(torch.load(path, weights_only=True))
+    path = tmp_path / "weights.pt"
+    torch.save(network.state_dict(), path)
+    loaded = build_from_spec(spec, deep_supervision=False)
+    load_weights(loaded, torch.load(path, weights_only=True))
     assert type(loaded) is type(network) and loaded.deep_supervision is False
     x = patch_input(ANISOTROPIC)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, "covid"), network(x, "covid")[0])
 
 
-def test_checkpoint_mismatches_are_named():
+def test_weight_mismatches_are_named():
     network = build_network(ISOTROPIC, 1, {"tumour": 2})
     spec = network_spec(ISOTROPIC, 1, {"tumour": 2})
     state = dict(network.state_dict())
@@ -285,12 +285,10 @@ def test_checkpoint_mismatches_are_named():
     state["encoder.extra"] = torch.zeros(1)
     with pytest.raises(CovtransferError, match=r"ck\.pt: .*missing: decoder\.upsample\.0\.bias.*unexpected: "
                                                r"encoder\.extra"):
-        build_from_checkpoint({"network": spec, "state_dict": state}, source="ck.pt")
+        load_weights(build_from_spec(spec), state, source="ck.pt")
     wider = network_spec(ISOTROPIC, 1, {"tumour": 3})
     with pytest.raises(CovtransferError, match=re.escape("heads.tumour.0.weight (2, 4, 1, 1, 1) vs (3, 4, 1, 1, 1)")):
-        build_from_checkpoint({"network": wider, "state_dict": network.state_dict()})
-    with pytest.raises(CovtransferError, match="no 'state_dict'"):
-        build_from_checkpoint({"network": spec})
+        load_weights(build_from_spec(wider), network.state_dict())
     with pytest.raises(CovtransferError, match="lacks heads"):
         build_from_spec({k: v for k, v in spec.items() if k != "heads"})
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import covtransfer.preprocessing
 from covtransfer.cli.common import run_cli
 from covtransfer.cli.plan_and_preprocess import main as plan_and_preprocess_main
 from covtransfer.data.image_io import Geometry, write_image
@@ -390,3 +394,22 @@ def test_cli_plans_a_listed_target_first_and_redoes_cases_when_the_plans_change(
     assert not case.with_suffix(".json").exists()  # invalidated, though only planning ran
     assert plan_and_preprocess_main(["-d", "2", "--plans-from", "1", *args]) == 0
     assert case.stat().st_mtime_ns != stamp and case.with_suffix(".json").exists()
+
+
+def test_preprocessing_imports_no_planner():
+    """Orchestration (covtransfer.workflow) sits above planning and preprocessing: importing every preprocessing
+    module in a fresh interpreter loads no planning module, and none names one in its imports."""
+    script = ("import importlib, pkgutil, sys\n"
+              "import covtransfer.preprocessing as package\n"
+              "for module in pkgutil.iter_modules(package.__path__):\n"
+              "    importlib.import_module(f'covtransfer.preprocessing.{module.name}')\n"
+              "print(' '.join(sorted(name for name in sys.modules if name.startswith('covtransfer.'))))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert "covtransfer.preprocessing.storage" in loaded
+    assert not [name for name in loaded if name.startswith("covtransfer.planning")]
+    package = Path(covtransfer.preprocessing.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith("covtransfer.planning")], f"{path.name} imports {names}"

@@ -21,13 +21,17 @@ from covtransfer.config import Roots
 from covtransfer.data.image_io import read_image
 from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
+from covtransfer.inference.sliding_window import window_starts
 from covtransfer.plans import Plans
+from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import fold_folder, load_task, read_metrics, train
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, moving_average, poly_lr
+from covtransfer.training.validation import validate_fold, window_count
 from tiny_data import preprocessed_roots, write_raw_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,28 +199,69 @@ def test_final_validation_scores_each_validation_case(full_run, roots):
         assert set(np.unique(prediction)) <= {0, 1}
 
 
+def test_window_count_matches_the_sliding_window():
+    assert window_count((16, 32, 32), (16, 32, 32)) == 1
+    assert window_count((10, 20, 20), (16, 32, 32)) == 1  # padded to the patch
+    assert window_count((40, 32, 100), (16, 32, 32)) == len(window_starts(40, 16, 0.5)) * len(
+        window_starts(100, 32, 0.5)) == 4 * 6  # ceil(24 / 8) + 1 and ceil(68 / 16) + 1
+
+
+@pytest.mark.parametrize("mode, passes", [("auto", 1), ("off", 1), ("on", 8)])
+def test_final_validation_mirroring_follows_the_option_and_shows_windows(roots, tmp_path, capsys, mode, passes):
+    """On the CPU ``auto`` means no mirroring: one forward pass per window instead of eight."""
+    task = load_task(roots, 1, "3d_fullres", 0)
+    trainer = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "fold",
+                      settings(validation_tta=mode))
+    assert trainer.validation_mirroring is (passes == 8)
+    trainer.output_folder.mkdir()  # fit() makes it
+    calls = []
+    trainer.network.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    validate_fold(trainer, task, tmp_path / "validation")
+    windows = [window_count(load_case(task.preprocessed_folder / "3d_fullres", case)[0].shape[1:],
+                            trainer.configuration.patch_size) for case in task.val_ids]
+    assert sum(calls) == sum(windows) * passes  # windows evaluated, over every batch of windows
+    err = capsys.readouterr().err
+    assert f"validating {DATASET}" in err and f"{task.val_ids[-1]}: {windows[-1]} window" in err
+    assert f"x {passes}" in err
+    log = (tmp_path / "fold" / "training_log.txt").read_text()
+    assert f"mirroring {'on' if passes == 8 else 'off'} ({passes} pass" in log
+
+
+def test_validation_mirroring_values_are_checked_and_reach_the_settings(roots, tmp_path, monkeypatch):
+    with pytest.raises(CovtransferError, match="--val-mirroring 'yes': use auto, on or off"):
+        train([1], make_strategy("scratch"), 0, results_in(roots, tmp_path / "r"), settings(validation_tta="yes"))
+    assert not (tmp_path / "r").exists()
+    seen = []
+    monkeypatch.setattr("covtransfer.cli.train.train", lambda *args, **kwargs: seen.append(args[4]) or tmp_path)
+    main(["-d", DATASET, "--device", "cpu", "--val-mirroring", "on"])
+    main(["-d", DATASET, "--device", "cpu"])
+    assert [s.validation_tta for s in seen] == ["on", "auto"]
+
+
 def test_checkpoint_is_safe_to_load_and_self_describing(full_run, roots):
     folder, run_settings = full_run
     path = folder / "checkpoint_final.pt"
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert raw["format"] == "covtransfer-checkpoint" and raw["version"] == 1
+    assert raw["format"] == "covtransfer-checkpoint" and raw["version"] == 2
     plans = Plans.load(roots.preprocessed / DATASET / "plans.json")
     assert raw["plans"] == plans.to_dict() and raw["configuration_name"] == "3d_fullres"
-    assert raw["network"] == {"kind": "unet", "num_input_channels": 1, "heads": {DATASET: 2},
-                              "configuration": plans.configuration("3d_fullres").to_dict()}
+    assert raw["network"] == {"kind": "unet", "heads": {DATASET: 2}}  # the topology is the plans', stored once
     assert raw["strategy"] == {"name": "scratch"}
-    assert raw["labels"] == {"background": 0, "lesion": 1} and raw["predict_head"] == DATASET
-    assert raw["dataset_name"] == DATASET and raw["mirror_axes"] == [0, 1, 2]
+    assert raw["labels"] == {DATASET: {"background": 0, "lesion": 1}} and raw["predict_head"] == DATASET
+    assert raw["mirror_axes"] == [0, 1, 2]
     assert raw["epoch"] == len(raw["history"]) == run_settings.epochs
     assert raw["settings"] == {**raw["settings"], "epochs": 6, "iters_per_epoch": 3, "lr": 1e-2, "seed": 12345}
     assert raw["optimizer"]["state"] and raw["rng"]["seed"] == 12345
-    network = build_from_checkpoint(raw)
+    checkpoint = Checkpoint.from_dict(raw)
+    assert checkpoint.network_spec == {"kind": "unet", "num_input_channels": 1, "heads": {DATASET: 2},
+                                       "configuration": plans.configuration("3d_fullres").to_dict()}
+    network = build_from_checkpoint(checkpoint)
     assert all(torch.equal(network.state_dict()[k], v) for k, v in raw["state_dict"].items())
     with torch.no_grad():
         logits = network.eval()(torch.zeros(1, 1, 16, 32, 32))
     assert logits.shape == (1, 2, 16, 32, 32)
     best = load_checkpoint(folder / "checkpoint_best.pt")
-    assert best["ema"] == best["best_ema"] == max(r["ema_dice"] for r in best["history"])
+    assert best.ema == best.best_ema == max(r["ema_dice"] for r in best.history)
 
 
 def test_a_second_run_without_continue_is_refused(full_run, roots):
@@ -279,12 +324,12 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(roots, tmp_path, no_pl
         assert {k: ra[k] for k in METRIC_KEYS - {"epoch_time"}} == {k: rb[k] for k in METRIC_KEYS - {"epoch_time"}}
     final_a = load_checkpoint(straight / "checkpoint_final.pt")
     final_b = load_checkpoint(interrupted / "checkpoint_final.pt")
-    assert final_a["epoch"] == final_b["epoch"] == epochs
-    assert final_a["state_dict"].keys() == final_b["state_dict"].keys()
-    for name, tensor in final_a["state_dict"].items():
-        assert torch.equal(tensor, final_b["state_dict"][name]), name
-    momentum_a = [s["momentum_buffer"] for s in final_a["optimizer"]["state"].values()]
-    momentum_b = [s["momentum_buffer"] for s in final_b["optimizer"]["state"].values()]
+    assert final_a.epoch == final_b.epoch == epochs
+    assert final_a.state_dict.keys() == final_b.state_dict.keys()
+    for name, tensor in final_a.state_dict.items():
+        assert torch.equal(tensor, final_b.state_dict[name]), name
+    momentum_a = [s["momentum_buffer"] for s in final_a.optimizer["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in final_b.optimizer["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
 
 
@@ -346,8 +391,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(roots, tmp_pa
         train([1], make_strategy("scratch"), 0, own, settings(epochs=4, iters_per_epoch=1))
     folder = fold_folder(own, [DATASET], "scratch", 0)
     latest = load_checkpoint(folder / "checkpoint_latest.pt")
-    assert latest["epoch"] == 2 and len(latest["history"]) == 2
-    assert all(torch.isfinite(t).all() for t in latest["state_dict"].values() if t.is_floating_point())
+    assert latest.epoch == 2 and len(latest.history) == 2
+    assert all(torch.isfinite(t).all() for t in latest.state_dict.values() if t.is_floating_point())
     assert [r["epoch"] for r in read_metrics(folder)] == [0, 1]
     assert not (folder / "checkpoint_final.pt").exists()
 
@@ -378,8 +423,8 @@ def test_cli_trains_a_fold(roots, tmp_path, capsys, no_plots):
     folder = results / DATASET / "scratch" / "fold_all"
     assert f"done: {folder}" in capsys.readouterr().out
     checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
-    assert checkpoint["settings"]["seed"] == 3 and checkpoint["settings"]["iters_per_epoch"] == 1
-    assert checkpoint["epoch"] == 1 and len(read_metrics(folder)) == 1
+    assert checkpoint.settings["seed"] == 3 and checkpoint.settings["iters_per_epoch"] == 1
+    assert checkpoint.epoch == 1 and len(read_metrics(folder)) == 1
 
 
 def test_cli_errors(roots, tmp_path, capsys):

@@ -8,6 +8,7 @@ shapes on an anisotropic plan are tested in tests/test_network.py (test_fusion_*
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ from covtransfer.inference.model_loading import load_model
 from covtransfer.inference.predictor import predict_folder, predict_logits
 from covtransfer.inference.sliding_window import predict_sliding_window
 from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import UNet
 from covtransfer.plans import Plans
-from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import train
 from covtransfer.training.batch_stream import BatchStream
@@ -43,7 +45,7 @@ TRANSFER = ("continual", "finetune", "encoder", "hybrid")
 
 def settings(epochs: int = 1, iters: int = 1, val_iters: int = 0, **extra) -> TrainingSettings:
     """Seconds-long runs on the CPU; no final validation unless asked."""
-    options = {"device": "cpu", "save_every": 1000, "final_validation": False, "validation_tta": False, **extra}
+    options = {"device": "cpu", "save_every": 1000, "final_validation": False, "validation_tta": "off", **extra}
     return TrainingSettings(epochs=epochs, iters_per_epoch=iters, val_iters=val_iters, **options)
 
 
@@ -90,7 +92,7 @@ def pretrained(roots) -> Path:
 
 
 @pytest.fixture(scope="module")
-def source(pretrained) -> dict:
+def source(pretrained) -> Checkpoint:
     return load_checkpoint(pretrained / "checkpoint_final.pt")
 
 
@@ -106,23 +108,23 @@ def runs(roots, pretrained) -> dict[str, Path]:
 def test_pretrain_writes_one_run_with_a_head_set_per_source(roots, pretrained, source):
     assert pretrained == roots.results / f"Pretrain__{SRC1_NAME}__{SRC2_NAME}" / "pretrain" / "fold_all"
     assert (pretrained / "checkpoint_final.pt").is_file()
-    assert source["network"]["heads"] == {SRC1_NAME: 2, SRC2_NAME: 2}
-    assert source["tasks"] == [SRC1_NAME, SRC2_NAME] and source["strategy"] == {"name": "pretrain"}
-    state = source["state_dict"]
+    assert source.heads == {SRC1_NAME: 2, SRC2_NAME: 2} and source.strategy == {"name": "pretrain"}
+    assert list(source.labels) == [SRC1_NAME, SRC2_NAME] and source.predict_head == SRC1_NAME
+    state = source.state_dict
     assert names(state, f"heads.{SRC1_NAME}") and len(names(state, f"heads.{SRC1_NAME}")) == \
         len(names(state, f"heads.{SRC2_NAME}"))
     assert {n.split(".")[0] for n in state} == {"encoder", "decoder", "heads"}
     target_plans = Plans.load(roots.preprocessed / TARGET_NAME / "plans.json")
-    assert Plans.from_dict(source["plans"]).configuration(CONFIG).to_dict() == \
+    assert source.configuration.to_dict() == \
         target_plans.configuration(CONFIG).to_dict()
-    assert source["epoch"] == 2 and len(source["history"]) == 2
+    assert source.epoch == 2 and len(source.history) == 2
     for name in (SRC1_NAME, SRC2_NAME):
         assert (pretrained / "validation" / name / "summary.json").is_file()
 
 
 def test_a_batch_of_one_source_gives_no_gradient_to_the_other_sources_heads(source):
     network = build_from_checkpoint(source, deep_supervision=True)
-    images, _ = random_batch(Plans.from_dict(source["plans"]))
+    images, _ = random_batch(source.plans)
     outputs = network(images, task=SRC2_NAME)
     sum(o.square().mean() for o in outputs).backward()
     grads = dict(network.named_parameters())
@@ -181,8 +183,10 @@ def test_pretraining_on_datasets_with_different_plans_is_refused(roots):
 
 
 # ------------------------------------------------------------------------------------------- strategies
-def target_trainer(roots: Roots, strategy, checkpoint: dict | None, folder: Path) -> Trainer:
-    return Trainer([task_of(roots, TARGET_NAME)], CONFIG, strategy, folder, settings(), checkpoint, "pretrained.pt")
+def target_trainer(roots: Roots, strategy, checkpoint: Checkpoint | None, folder: Path,
+                   run_settings: TrainingSettings | None = None) -> Trainer:
+    return Trainer([task_of(roots, TARGET_NAME)], CONFIG, strategy, folder, run_settings or settings(), checkpoint,
+                   "pretrained.pt")
 
 
 def optimised(trainer: Trainer) -> set[int]:
@@ -191,7 +195,7 @@ def optimised(trainer: Trainer) -> set[int]:
 
 def test_continual_loads_encoder_and_decoder_and_trains_everything(roots, source, tmp_path):
     trainer = target_trainer(roots, make_strategy("continual"), source, tmp_path)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     loaded = sorted(names(pre, "encoder") + names(pre, "decoder"))
     assert all(torch.equal(state[n], pre[n]) for n in loaded)
     assert sorted(trainer.load_report.loaded) == loaded
@@ -202,7 +206,7 @@ def test_continual_loads_encoder_and_decoder_and_trains_everything(roots, source
 
 def test_pretrained_encoder_loads_only_the_encoder(roots, source, tmp_path):
     trainer = target_trainer(roots, make_strategy("encoder"), source, tmp_path)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     assert all(torch.equal(state[n], pre[n]) for n in names(pre, "encoder"))
     decoder_convs = [n for n in names(pre, "decoder") if n.endswith("weight") and pre[n].ndim == 5]
     assert decoder_convs and not any(torch.equal(state[n], pre[n]) for n in decoder_convs)
@@ -222,7 +226,7 @@ def test_finetune_freezes_the_encoder_and_keeps_it_bit_identical(roots, source, 
         assert any(n.startswith("encoder.stages.1.") for n in params if n not in frozen)
     for step in range(3):
         trainer.train_step(*random_batch(trainer.plans, seed=step), TARGET_NAME)
-    pre = source["state_dict"]
+    pre = source.state_dict
     assert all(torch.equal(params[n].detach(), pre[n]) for n in frozen)
     trained = [n for n in names(pre, "encoder") + names(pre, "decoder") if n not in frozen]
     assert not all(torch.equal(params[n].detach(), pre[n]) for n in trained)
@@ -232,7 +236,7 @@ def test_hybrid_adapts_the_pretrained_encoder_at_a_reduced_rate_beside_a_random_
                                                                                             tmp_path):
     trainer = target_trainer(roots, make_strategy("hybrid"), source, tmp_path)
     assert isinstance(trainer.network, HybridUNet)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     encoder = names(pre, "encoder")
     assert all(torch.equal(state["adapted_" + n], pre[n]) for n in encoder)
     convs = [n for n in encoder if pre[n].ndim == 5]
@@ -243,6 +247,49 @@ def test_hybrid_adapts_the_pretrained_encoder_at_a_reduced_rate_beside_a_random_
     adapted = {id(p) for n, p in trainer.network.named_parameters() if n.startswith("adapted_encoder.")}
     assert set(groups) == {1.0, 0.1} and groups[0.1] == adapted
     assert groups[1.0] | adapted == {id(p) for p in trainer.network.parameters()}
+
+
+def test_hybrid_learning_rates_follow_the_poly_schedule_with_the_adapted_encoder_at_a_tenth(roots, source, tmp_path,
+                                                                                           monkeypatch):
+    """4 epochs × 2 steps: each step sees lr 0.01 × (1 − e/4)^0.9 and a tenth of it for the adapted encoder, and the
+    first SGD step moves an adapted weight by exactly its group's rate (Nesterov's first step: −lr (1 + m)(g + wd w))."""
+    trainer = target_trainer(roots, make_strategy("hybrid"), source, tmp_path, settings(epochs=4, iters=2))
+    adapted = {id(p) for n, p in trainer.network.named_parameters() if n.startswith("adapted_encoder.")}
+    seen, first = [], {}
+    real_step = Trainer.train_step
+
+    def train_step(self, images, seg, task):
+        rates = {}
+        for group in self.optimizer.param_groups:
+            ids = {id(p) for p in group["params"]}
+            assert ids <= adapted or not ids & adapted  # the adapted encoder has a group of its own
+            rates["adapted" if ids <= adapted else "rest"] = group["lr"]
+        seen.append(rates)
+        before = {id(p): p.detach().clone() for group in self.optimizer.param_groups for p in group["params"]}
+        loss = real_step(self, images, seg, task)
+        if not first:
+            s = self.settings
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        first[id(p)] = (p.detach() - before[id(p)],
+                                        -group["lr"] * (1 + s.momentum) * (p.grad + s.weight_decay * before[id(p)]))
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    trainer.fit()
+    poly = [0.01, 0.007718895067235705, 0.005358867312681466, 0.0028717458874925874]  # 0.01 × (1 − e/4)^0.9
+    assert len(seen) == 8
+    for step, rates in enumerate(seen):
+        assert rates["rest"] == pytest.approx(poly[step // 2], rel=1e-12)
+        assert rates["adapted"] == pytest.approx(0.1 * poly[step // 2], rel=1e-12)
+    moved = [i for i in first if i in adapted and first[i][1].abs().max() > 0]
+    assert moved and len(moved) < len(first)
+    for update, expected in first.values():
+        torch.testing.assert_close(update, expected, rtol=1e-3, atol=1e-7)  # float32 weights lose ~3e-8
+    update, expected = (torch.cat([first[i][k].flatten() for i in moved]) for k in (0, 1))
+    assert float(update.norm() / expected.norm()) == pytest.approx(1.0, rel=1e-2)  # a full-rate step would be 10
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([poly[3], 0.1 * poly[3]], rel=1e-12)
 
 
 def test_hybrid_adapted_lr_scale_option(roots, source, tmp_path):
@@ -259,15 +306,15 @@ def test_hybrid_freeze_adapted_keeps_the_pretrained_encoder(roots, source, tmp_p
     assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0]
     for step in range(2):
         trainer.train_step(*random_batch(trainer.plans, seed=step), TARGET_NAME)
-    assert all(torch.equal(params["adapted_" + n].detach(), source["state_dict"][n])
-               for n in names(source["state_dict"], "encoder"))
+    assert all(torch.equal(params["adapted_" + n].detach(), source.state_dict[n])
+               for n in names(source.state_dict, "encoder"))
     assert trainer.network.last_attention[0].shape == (2, trainer.configuration.features_per_stage[0])
 
 
 def test_scratch_loads_nothing(roots, source, tmp_path):
     trainer = target_trainer(roots, make_strategy("scratch"), None, tmp_path)
     assert trainer.load_report is None and isinstance(trainer.network, UNet)
-    state, pre = trainer.network.state_dict(), source["state_dict"]
+    state, pre = trainer.network.state_dict(), source.state_dict
     assert not any(torch.equal(state[n], pre[n]) for n in names(pre, "encoder") if pre[n].ndim == 5)
 
 
@@ -290,9 +337,9 @@ def test_every_strategy_run_records_what_it_loaded(roots, runs, source, pretrain
     folder = runs[strategy]
     assert folder == roots.results / TARGET_NAME / strategy / "fold_0"
     checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
-    assert checkpoint["strategy"]["name"] == strategy
-    assert checkpoint["network"]["kind"] == ("hybrid" if strategy == "hybrid" else "unet")
-    assert checkpoint["network"]["heads"] == {TARGET_NAME: 2}
+    assert checkpoint.strategy["name"] == strategy
+    assert checkpoint.kind == ("hybrid" if strategy == "hybrid" else "unet")
+    assert checkpoint.heads == {TARGET_NAME: 2}
     report_path = folder / "load_report.json"
     if strategy == "scratch":
         assert not report_path.exists()
@@ -300,7 +347,7 @@ def test_every_strategy_run_records_what_it_loaded(roots, runs, source, pretrain
     report = json.loads(report_path.read_text())
     assert set(report) == {"source", "loaded", "skipped", "missing"}
     assert report["source"] == str(pretrained / "checkpoint_final.pt")
-    pre = source["state_dict"]
+    pre = source.state_dict
     expected = sorted(names(pre, "encoder") + (names(pre, "decoder") if strategy in ("continual", "finetune") else []))
     assert sorted(report["loaded"]) == expected
     assert sorted(report["loaded"] + report["skipped"]) == sorted(pre)
@@ -313,13 +360,12 @@ def test_checkpoint_of_every_strategy_predicts_a_preprocessed_case(roots, runs, 
     checkpoint = load_checkpoint(path)
     network = build_from_checkpoint(checkpoint).eval()
     assert isinstance(network, HybridUNet if strategy == "hybrid" else UNet)
-    assert all(torch.equal(v, checkpoint["state_dict"][k]) for k, v in network.state_dict().items())
-    plans = Plans.from_dict(checkpoint["plans"])
-    configuration = plans.configuration(checkpoint["configuration_name"])
+    assert all(torch.equal(v, checkpoint.state_dict[k]) for k, v in network.state_dict().items())
+    configuration = checkpoint.configuration
     case_folder = roots.preprocessed / TARGET_NAME / configuration.data_identifier
     data, _, _ = load_case(case_folder, sorted(p.stem for p in case_folder.glob("*.json"))[0])
     volume = torch.from_numpy(data)
-    logits = predict_sliding_window(network, volume, configuration.patch_size, 2, task=checkpoint["predict_head"])
+    logits = predict_sliding_window(network, volume, configuration.patch_size, 2, task=checkpoint.predict_head)
     assert logits.shape == (2, *data.shape[1:]) and torch.isfinite(logits).all()
     model = load_model(path)
     assert model.task == TARGET_NAME and model.num_classes == 2
@@ -361,7 +407,8 @@ def test_missing_or_unreadable_pretrained_model_is_refused(roots, tmp_path, stra
 
 
 def test_checkpoint_with_another_channel_count_is_refused(roots, source, tmp_path):
-    two_channels = {**source, "network": {**source["network"], "num_input_channels": 2}}
+    plans = replace(source.plans, channel_names={"0": "CT", "1": "CT"})
+    two_channels = replace(source, plans=plans)
     save_checkpoint(tmp_path / "two.pt", two_channels)
     refuse(roots, "2 input channel.*target has 1", [TARGET], make_strategy("continual"), 0, roots, settings(),
            pretrained=tmp_path / "two.pt")
@@ -380,12 +427,11 @@ def test_checkpoint_with_another_topology_is_refused_naming_plans_from(roots, ot
 
 def test_checkpoint_differing_only_in_strides_is_refused(roots, source, tmp_path):
     """Same tensor shapes for the encoder, different strides: loading would succeed but compute another network."""
-    configuration = dict(source["network"]["configuration"])
-    strides = configuration["strides"]
-    configuration["strides"] = [strides[0], *strides[2:], strides[1]]
-    assert configuration["strides"] != strides
-    save_checkpoint(tmp_path / "strides.pt", {**source, "network": {**source["network"],
-                                                                     "configuration": configuration}})
+    strides = source.configuration.strides
+    configuration = replace(source.configuration, strides=[strides[0], *strides[2:], strides[1]])
+    assert configuration.strides != strides
+    plans = replace(source.plans, configurations={**source.plans.configurations, CONFIG: configuration})
+    save_checkpoint(tmp_path / "strides.pt", replace(source, plans=plans))
     refuse(roots, "strides.*--plans-from", [TARGET], make_strategy("encoder"), 0, roots, settings(),
            pretrained=tmp_path / "strides.pt")
 
@@ -434,15 +480,15 @@ def test_cli_trains_the_hybrid_from_the_multi_lesion_model(roots, pretrained, so
     folder = roots.results / TARGET_NAME / "hybrid__from_multi" / "fold_0"
     assert code == 0 and f"done: {folder}" in capsys.readouterr().out
     checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
-    assert checkpoint["strategy"] == {"name": "hybrid", "adapted_lr_scale": 0.1, "freeze_adapted": False}
-    lrs = {g["lr_scale"]: g["lr"] for g in checkpoint["optimizer"]["param_groups"]}
+    assert checkpoint.strategy == {"name": "hybrid", "adapted_lr_scale": 0.1, "freeze_adapted": False}
+    lrs = {g["lr_scale"]: g["lr"] for g in checkpoint.optimizer["param_groups"]}
     assert lrs[1.0] == pytest.approx(1e-2) and lrs[0.1] == pytest.approx(1e-3)
     assert (folder / "load_report.json").is_file()
     assert "loaded" in (folder / "training_log.txt").read_text()
     assert (folder / "validation" / "summary.json").is_file()
     assert (folder.parent / "plans.json").is_file()
     model = load_model(folder / "checkpoint_final.pt")
-    pre = source["state_dict"]
+    pre = source.state_dict
     trained_adapted = model.network.state_dict()
     moved = [n for n in names(pre, "encoder") if not torch.equal(trained_adapted["adapted_" + n], pre[n])]
     assert moved, "the adapted encoder is trained (at a reduced rate), not frozen"

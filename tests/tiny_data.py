@@ -9,7 +9,7 @@ import numpy as np
 from covtransfer.config import Roots, dataset_name
 from covtransfer.data.dataset_json import DatasetInfo
 from covtransfer.data.image_io import Geometry, write_image
-from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 
 FINGERPRINT_VOXELS = 10 ** 5  # the fingerprint's foreground sample budget: plenty for volumes of a few thousand voxels
 

@@ -10,7 +10,7 @@ from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
 from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
 from covtransfer.planning.planner import PRESETS
 from covtransfer.plans import Plans
-from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 
 
 def _describe(plans: Plans) -> str:
@@ -25,7 +25,7 @@ def _describe(plans: Plans) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the arguments and run :func:`~covtransfer.preprocessing.pipeline.plan_and_preprocess`."""
+    """Parse the arguments and run :func:`~covtransfer.workflow.plan_and_preprocess.plan_and_preprocess`."""
     parser = argparse.ArgumentParser(
         prog="covtransfer_plan_and_preprocess",
         description="Verify each raw dataset (a broken one is refused before anything is written), fingerprint it, "

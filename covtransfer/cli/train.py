@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default: 0 on CPU, up to 8 on GPU)")
     p.add_argument("--no-final-validation", action="store_true",
                    help="skip the sliding-window prediction of the fold's validation cases")
+    p.add_argument("--val-mirroring", choices=("auto", "on", "off"), default=defaults.validation_tta,
+                   help="mirroring (8 passes per window) in final validation: auto = on GPUs only, since on a CPU "
+                        "it makes final validation about 8x slower (default auto)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="resume from the fold folder's newest checkpoint")
     add_root_arguments(p)
@@ -61,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                                 lr=args.lr, device=str(device), compile=args.compile, amp=args.amp,
                                 save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
-                                source_weights=args.source_weights, final_validation=not args.no_final_validation)
+                                source_weights=args.source_weights, final_validation=not args.no_final_validation,
+                                validation_tta=args.val_mirroring)
     folder = train(args.dataset, strategy, args.fold, roots_from_args(args), settings, args.configuration,
                    args.pretrained, args.resume, args.tag)
     print(f"done: {folder}")

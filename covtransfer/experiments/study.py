@@ -31,7 +31,7 @@ from covtransfer.inference.model_loading import checkpoint_paths, load_models
 from covtransfer.inference.predictor import Predictor
 from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
 from covtransfer.plans import Plans
-from covtransfer.preprocessing.pipeline import plan_and_preprocess
+from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from covtransfer.training.api import fold_folder, load_task, read_metrics, train
 from covtransfer.training.checkpoint import newest_checkpoint
 from covtransfer.training.strategies import make_strategy

@@ -16,7 +16,6 @@ from pathlib import Path
 from covtransfer.atomic import write_json
 from covtransfer.errors import CovtransferError
 from covtransfer.network.checkpoint_io import load_checkpoint
-from covtransfer.plans import Plans
 from covtransfer.training.trainer import TrainingSettings
 
 RECORD_FILE = "study.json"
@@ -74,12 +73,12 @@ def check_reusable(checkpoint_path: Path, settings: TrainingSettings, configurat
     checkpoint = load_checkpoint(checkpoint_path)
     folder = Path(checkpoint_path).parent
     hint = "delete that folder or use another results root (--results)"
-    changed = differences(settings_identity(checkpoint.get("settings", {})), settings_identity(settings))
+    changed = differences(settings_identity(checkpoint.settings), settings_identity(settings))
     if changed:
         raise CovtransferError(f"{folder}: was trained with other settings ({'; '.join(changed[:3])}); {hint}")
     try:
-        theirs = Plans.from_dict(checkpoint["plans"]).configuration(configuration_name).to_dict()
-    except (CovtransferError, KeyError, TypeError):
+        theirs = checkpoint.plans.configuration(configuration_name).to_dict()
+    except CovtransferError:
         theirs = None
     if theirs != configuration:
         raise CovtransferError(f"{folder}: was trained with plans other than those of {target} (planned again "

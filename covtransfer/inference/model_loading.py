@@ -39,6 +39,7 @@ class LoadedModel:
     num_input_channels: int
     mirror_axes: tuple[int, ...]
     source: Path
+    label_values: list[int]
 
     @property
     def configuration(self) -> Configuration:
@@ -47,12 +48,6 @@ class LoadedModel:
     @property
     def run_folder(self) -> Path:
         return self.source.parent
-
-    @property
-    def label_values(self) -> list[int]:
-        """Label value of each class index (sorted label values of the plans, which are usually 0..K-1)."""
-        values = sorted(set(int(v) for v in self.plans.labels.values()))
-        return values if len(values) == self.num_classes else list(range(self.num_classes))
 
 
 def _fold_key(path: Path) -> tuple[int, str]:
@@ -123,24 +118,11 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     device = resolve_device(device)
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    missing = [k for k in ("network", "state_dict", "plans", "configuration_name") if k not in checkpoint]
-    if missing:
-        raise CovtransferError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    try:
-        plans = Plans.from_dict(checkpoint["plans"])
-    except (KeyError, TypeError) as exc:
-        raise CovtransferError(f"{path}: checkpoint holds invalid plans ({exc})") from None
-    configuration_name = str(checkpoint["configuration_name"])
-    plans.configuration(configuration_name)
-    heads = checkpoint["network"].get("heads", {})
-    task = checkpoint.get("predict_head") or next(iter(heads), None)
-    if task not in heads:
-        raise CovtransferError(f"{path}: predict head {task!r} is not one of the network's heads ({', '.join(heads)})")
     network = build_from_checkpoint(checkpoint, deep_supervision=False, source=path)
     network.eval().to(device)
-    axes = tuple(int(a) for a in checkpoint.get("mirror_axes", ()))
-    return LoadedModel(network, plans, configuration_name, task, int(heads[task]),
-                       int(checkpoint["network"]["num_input_channels"]), axes, path)
+    task = checkpoint.predict_head
+    return LoadedModel(network, checkpoint.plans, checkpoint.configuration_name, task, checkpoint.heads[task],
+                       checkpoint.num_input_channels, checkpoint.mirror_axes, path, checkpoint.label_values(task))
 
 
 def check_ensemble(models: Sequence[LoadedModel]) -> None:

@@ -1,12 +1,14 @@
 """Build networks from plans or from a checkpoint's ``network`` spec, and load checkpoint weights strictly.
 
-The spec (``{"kind", "num_input_channels", "heads", "configuration"}``) is what a checkpoint records so that
-inference rebuilds exactly the trained network without the trainer.
+The spec (``{"kind", "num_input_channels", "heads", "configuration"}``) is what a checkpoint describes (see
+:class:`covtransfer.network.checkpoint.Checkpoint`) so that inference rebuilds exactly the trained network without
+the trainer.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +17,9 @@ from covtransfer.errors import CovtransferError
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import SegmentationNetwork, UNet
 from covtransfer.plans import Configuration
+
+if TYPE_CHECKING:  # the checkpoint type validates network kinds against this module
+    from covtransfer.network.checkpoint import Checkpoint
 
 NETWORKS: dict[str, type[SegmentationNetwork]] = {"unet": UNet, "hybrid": HybridUNet}
 SPEC_KEYS = ("kind", "num_input_channels", "heads", "configuration")
@@ -53,18 +58,21 @@ def build_from_spec(spec: dict, deep_supervision: bool = True, source: str | os.
     return build_network(configuration, spec["num_input_channels"], spec["heads"], spec["kind"], deep_supervision)
 
 
-def build_from_checkpoint(checkpoint: dict, deep_supervision: bool = False,
+def build_from_checkpoint(checkpoint: Checkpoint, deep_supervision: bool = False,
                           source: str | os.PathLike = "checkpoint") -> nn.Module:
     """The checkpoint's network with its weights; any missing, unexpected or misshapen tensor is an error."""
-    for key in ("network", "state_dict"):
-        if key not in checkpoint:
-            raise CovtransferError(f"{source}: not a covtransfer checkpoint (no {key!r} entry)")
-    network = build_from_spec(checkpoint["network"], deep_supervision, source)
-    problems = state_dict_mismatches(network, checkpoint["state_dict"])
+    network = build_from_spec(checkpoint.network_spec, deep_supervision, source)
+    load_weights(network, checkpoint.state_dict, source)
+    return network
+
+
+def load_weights(network: nn.Module, state_dict: dict[str, torch.Tensor],
+                 source: str | os.PathLike = "checkpoint") -> None:
+    """Load ``state_dict`` strictly; any missing, unexpected or misshapen tensor is an error naming ``source``."""
+    problems = state_dict_mismatches(network, state_dict)
     if problems:
         raise CovtransferError(f"{source}: weights do not fit the recorded network: {'; '.join(problems)}")
-    network.load_state_dict(checkpoint["state_dict"], strict=True)
-    return network
+    network.load_state_dict(state_dict, strict=True)
 
 
 def state_dict_mismatches(network: nn.Module, state_dict: dict[str, torch.Tensor], limit: int = 5) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from covtransfer.config import Roots, find_dataset
 from covtransfer.errors import CovtransferError
+from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.plans import Configuration, Plans
 from covtransfer.training.checkpoint import find_checkpoint
@@ -56,11 +57,11 @@ def _same_plans(a: Plans, b: Plans, configuration: str) -> bool:
     return ca == cb and a.transpose_forward == b.transpose_forward and a.channel_names == b.channel_names
 
 
-def load_pretrained(path: str | Path, num_input_channels: int) -> tuple[dict, str]:
+def load_pretrained(path: str | Path, num_input_channels: int) -> tuple[Checkpoint, str]:
     """The pre-trained checkpoint (a file, or a run/fold folder's ``checkpoint_final.pt``) and its path."""
     checkpoint_path = find_checkpoint(path, "final")
     checkpoint = load_checkpoint(checkpoint_path)
-    channels = checkpoint["network"]["num_input_channels"]
+    channels = checkpoint.num_input_channels
     if channels != num_input_channels:
         raise CovtransferError(f"{checkpoint_path}: trained on {channels} input channel(s), the target has "
                                f"{num_input_channels}")
@@ -70,13 +71,13 @@ def load_pretrained(path: str | Path, num_input_channels: int) -> tuple[dict, st
 TOPOLOGY_KEYS = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder")
 
 
-def check_pretrained_topology(checkpoint: dict, configuration: Configuration, source: str, target: str) -> None:
+def check_pretrained_topology(checkpoint: Checkpoint, configuration: Configuration, source: str, target: str) -> None:
     """Refuse a pre-trained model whose network topology differs from the target's plans.
 
     Tensor shapes alone miss some differences (strides), which would leave a network that loads but computes
     something else; the recorded configuration is compared instead.
     """
-    theirs = checkpoint["network"]["configuration"]
+    theirs = checkpoint.configuration.to_dict()
     ours = configuration.to_dict()
     differs = [k for k in TOPOLOGY_KEYS if theirs.get(k) != ours.get(k)]
     if differs:

@@ -1,9 +1,5 @@
-"""Checkpoints of a training run: which file to resume from or transfer from. Reading and writing them is
-:mod:`covtransfer.network.checkpoint_io`.
-
-A checkpoint holds plain tensors, numbers, strings, lists and dicts only: the network description and weights
-(enough to predict), the plans, and the full training state (optimizer, grad scaler, epoch, RNG, metrics history)
-so that ``--continue`` resumes exactly.
+"""Checkpoints of a training run: which file to resume from or transfer from. What a checkpoint holds is
+:class:`covtransfer.network.checkpoint.Checkpoint`; reading and writing it is :mod:`covtransfer.network.checkpoint_io`.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path | None:
     for name in NAMES:
         path = Path(folder) / name
         if path.is_file():
-            epoch = int(load_checkpoint(path).get("epoch", 0))
+            epoch = load_checkpoint(path).epoch
             if best is None or epoch > best[0]:
                 best = (epoch, path)
     return best[1] if best else None

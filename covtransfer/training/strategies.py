@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from covtransfer.errors import CovtransferError
+from covtransfer.network.checkpoint import Checkpoint
 
 PLANS_HINT = ("the pre-trained model was planned differently: preprocess the source datasets with "
               "`covtransfer_plan_and_preprocess -d SRC --plans-from TARGET` and pre-train again")
@@ -43,13 +43,13 @@ class LoadReport:
                 f"(not used by this strategy); {len(self.missing)} newly initialised")
 
 
-def transfer_weights(model: nn.Module, checkpoint: dict, source: str, mapping: dict[str, str]) -> LoadReport:
+def transfer_weights(model: nn.Module, checkpoint: Checkpoint, source: str, mapping: dict[str, str]) -> LoadReport:
     """Copy checkpoint tensors whose name starts with a key of ``mapping`` into the model under the mapped prefix.
 
     Every mapped tensor must exist in the model with the same shape; otherwise the transfer would leave part of
     the network random, which is an error naming the tensor and the likely fix.
     """
-    pretrained: dict[str, torch.Tensor] = checkpoint["state_dict"]
+    pretrained = checkpoint.state_dict
     own = model.state_dict()
     report = LoadReport(source)
     updates = {}
@@ -89,7 +89,7 @@ class Strategy:
         """Settings recorded in checkpoints and logs."""
         return {"name": self.name}
 
-    def initialise(self, model: nn.Module, pretrained: dict | None, source: str = "") -> LoadReport | None:
+    def initialise(self, model: nn.Module, pretrained: Checkpoint | None, source: str = "") -> LoadReport | None:
         """Load pre-trained tensors into ``model``; return what was loaded (None when nothing is)."""
         return None
 
@@ -125,7 +125,7 @@ class Continual(Strategy):
     needs_pretrained = True
     loads = ("encoder", "decoder")
 
-    def initialise(self, model: nn.Module, pretrained: dict | None, source: str = "") -> LoadReport | None:
+    def initialise(self, model: nn.Module, pretrained: Checkpoint | None, source: str = "") -> LoadReport | None:
         return transfer_weights(model, pretrained, source, {part: part for part in self.loads})
 
 
@@ -171,7 +171,7 @@ class Hybrid(Strategy):
     def describe(self) -> dict:
         return {"name": self.name, "adapted_lr_scale": self.adapted_lr_scale, "freeze_adapted": self.freeze_adapted}
 
-    def initialise(self, model: nn.Module, pretrained: dict | None, source: str = "") -> LoadReport | None:
+    def initialise(self, model: nn.Module, pretrained: Checkpoint | None, source: str = "") -> LoadReport | None:
         return transfer_weights(model, pretrained, source, {"encoder": "adapted_encoder"})
 
     def frozen(self, name: str) -> bool:

@@ -19,7 +19,8 @@ from covtransfer.atomic import write_json
 from covtransfer.errors import CovtransferError
 from covtransfer.devices import resolve_device
 from covtransfer.network.build import build_network, network_spec, unwrap_network
-from covtransfer.network.checkpoint_io import FORMAT, load_checkpoint, save_checkpoint
+from covtransfer.network.checkpoint import Checkpoint
+from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.plans import Plans
 from covtransfer.training import distributed
 from covtransfer.training.augment.deep_supervision import deep_supervision_scales, downsample_seg_for_ds
@@ -57,7 +58,7 @@ class TrainingSettings:
     num_workers: int | None = None
     source_weights: list[float] | None = None
     final_validation: bool = True
-    validation_tta: bool = True
+    validation_tta: str = "auto"  # mirroring in final validation: auto (on GPUs only), on or off
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Trainer:
     """Runs one fold of one strategy on one or more tasks and writes the fold folder."""
 
     def __init__(self, tasks: list[TrainingTask], configuration_name: str, strategy: Strategy,
-                 output_folder: Path, settings: TrainingSettings, pretrained: dict | None = None,
+                 output_folder: Path, settings: TrainingSettings, pretrained: Checkpoint | None = None,
                  pretrained_source: str = ""):
         if not tasks:
             raise CovtransferError("nothing to train: no datasets given")
@@ -128,6 +129,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True,
                                          weight_decay=settings.weight_decay)
         self.amp_dtype = self._amp_dtype()
+        self.validation_mirroring = self._validation_mirroring()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         n_outputs = self.configuration.n_stages - 1
         self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=self.configuration.batch_dice), deep_supervision_weights(n_outputs))
@@ -148,6 +150,13 @@ class Trainer:
             return torch.float16
         return torch.bfloat16
 
+    def _validation_mirroring(self) -> bool:
+        """Mirroring in final validation: 8 passes per window, affordable on GPUs; by default off on CPUs."""
+        mode = self.settings.validation_tta
+        if mode not in ("auto", "on", "off"):
+            raise CovtransferError(f"--val-mirroring {mode!r}: use auto, on or off")
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda")
+
     def _wrap(self, network: nn.Module) -> nn.Module:
         model = network
         if self.context.enabled:
@@ -165,22 +174,16 @@ class Trainer:
             self.log.line(message)
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    def checkpoint(self) -> dict:
+    def checkpoint(self) -> Checkpoint:
         """Everything needed to predict with this model and to resume this run exactly."""
-        return {
-            "format": FORMAT, "version": 1,
-            "network": self.spec, "state_dict": unwrap_network(self.model).state_dict(),
-            "plans": self.plans.to_dict(), "configuration_name": self.configuration_name,
-            "dataset_name": self.tasks[0].name, "tasks": [t.name for t in self.tasks],
-            "labels": dict(self.plans.labels), "predict_head": self.tasks[0].name,
-            "label_names": {t.name: dict(t.plans.labels) for t in self.tasks},
-            "mirror_axes": [0, 1, 2], "strategy": self.strategy.describe(),
-            "settings": asdict(self.settings),
-            "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
-            "epoch": self.state.epoch, "history": self.state.history,
-            "ema": self.state.ema, "best_ema": self.state.best_ema,
-            "rng": {"torch": torch.get_rng_state(), "seed": self.settings.seed},
-        }
+        return Checkpoint(
+            kind=self.strategy.network_kind, heads=dict(self.spec["heads"]), plans=self.plans,
+            configuration_name=self.configuration_name, state_dict=unwrap_network(self.model).state_dict(),
+            labels={t.name: dict(t.plans.labels) for t in self.tasks}, predict_head=self.tasks[0].name,
+            mirror_axes=(0, 1, 2), strategy=self.strategy.describe(), settings=asdict(self.settings),
+            epoch=self.state.epoch, history=self.state.history, ema=self.state.ema, best_ema=self.state.best_ema,
+            optimizer=self.optimizer.state_dict(), grad_scaler=self.scaler.state_dict(),
+            rng={"torch": torch.get_rng_state(), "seed": self.settings.seed})
 
     def _save(self, name: str) -> None:
         if self.context.is_main:
@@ -194,14 +197,15 @@ class Trainer:
             raise CovtransferError(f"{self.output_folder}: nothing to continue (no checkpoint); "
                                    "start the run without --continue")
         checkpoint = load_checkpoint(path)
-        if checkpoint["network"] != self.spec:
+        if checkpoint.network_spec != self.spec:
             raise CovtransferError(f"{path}: was trained with another network or plans; cannot continue it here")
-        unwrap_network(self.model).load_state_dict(checkpoint["state_dict"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scaler.load_state_dict(checkpoint["grad_scaler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        self.state = _State(int(checkpoint["epoch"]), list(checkpoint["history"]), checkpoint["ema"],
-                            float(checkpoint["best_ema"]))
+        if checkpoint.optimizer is None or checkpoint.grad_scaler is None or checkpoint.rng is None:
+            raise CovtransferError(f"{path}: holds no training state (optimizer, scaler, RNG); cannot continue it")
+        unwrap_network(self.model).load_state_dict(checkpoint.state_dict)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scaler.load_state_dict(checkpoint.grad_scaler)
+        torch.set_rng_state(checkpoint.rng["torch"])
+        self.state = _State(checkpoint.epoch, list(checkpoint.history), checkpoint.ema, checkpoint.best_ema)
         if self.log is not None:
             self.log.write_history(self.state.history)
         self.log_line(f"resumed from {path.name} after epoch {self.state.epoch}")

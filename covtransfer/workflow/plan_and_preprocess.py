@@ -2,7 +2,8 @@
 
 Every dataset is verified before anything is written for any of them, so a broken dataset is refused with its
 problems listed and leaves no trace. With ``plans_from`` the source datasets get the target's plans (spacing,
-patch, topology, normalisation), so one network fits all of them.
+patch, topology, normalisation), so one network fits all of them. It sits above planning and preprocessing, which
+know nothing of each other: preprocessing takes plans, whoever made them.
 """
 
 from __future__ import annotations

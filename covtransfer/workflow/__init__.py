@@ -1,0 +1,1 @@
+"""Orchestration above the layers it combines: verify, fingerprint, plan and preprocess datasets."""
