@@ -30,11 +30,10 @@ setup(
         "numpy",
         "scipy",
         "SimpleITK>=2.2",
-        "batchgenerators",
         "acvl-utils",
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6"]},
     entry_points={"console_scripts": [f"{name}=covtransfer.cli.{module}:entry" for name, module in COMMANDS.items()]},
 )

@@ -260,7 +260,7 @@ def test_mirror_flips_image_and_label_together():
 
 def test_remove_label_sets_minus_one_to_zero():
     seg = torch.tensor([-1, 0, 1, 2, -1], dtype=torch.int8).reshape(1, 1, 1, 1, 5)
-    _, out = RemoveLabel()(torch.zeros(1), seg, generator())
+    _, out = RemoveLabel()(torch.zeros(1, 1, 1, 1, 5), seg, generator())
     assert out.tolist() == [[[[[0, 0, 1, 2, 0]]]]] and out.dtype == torch.int8
     assert seg.min() == -1  # input untouched
 

@@ -77,6 +77,21 @@ def test_crop_padded_pads_data_and_labels():
     assert (crop_padded(array, (10, 0, 0), (2, 2, 2), fill=0.0) == 0).all()  # entirely outside
 
 
+def test_crop_padded_equals_pad_then_slice_for_random_boxes():
+    """acvl-utils does the cropping; the answer must be the whole array padded with ``fill`` and sliced, wholly
+    outside boxes (which acvl-utils alone fills with 0) included."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(-1, 3, (1, 6, 7, 8)).astype(np.int8)
+    margin = 12
+    padded = np.pad(labels, [(0, 0)] + [(margin, margin)] * 3, constant_values=-1)
+    for _ in range(200):
+        size = rng.integers(1, 10, 3)
+        start = rng.integers(-margin, np.array(labels.shape[1:]) + margin - size + 1)
+        expected = padded[(slice(None),) + tuple(slice(s + margin, s + margin + n) for s, n in zip(start, size))]
+        out = crop_padded(labels, start, size, fill=-1)
+        assert out.dtype == np.int8 and np.array_equal(out, expected)
+
+
 def test_random_patches_reach_past_borders_padded_with_zero_and_minus_one(tmp_path):
     shape = (20, 24, 28)
     write_case(tmp_path, "c", coordinate_volume(shape), np.zeros((1, *shape)), locations={})

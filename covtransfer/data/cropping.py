@@ -17,7 +17,11 @@ def nonzero_mask(data: np.ndarray) -> np.ndarray:
 
 
 def bounding_box(mask: np.ndarray) -> list[list[int]]:
-    """``[[start, stop], ...]`` per axis of the True region; the whole array when the mask is empty."""
+    """``[[start, stop], ...]`` per axis of the True region; the whole array when the mask is empty.
+
+    Same answer as acvl-utils' ``get_bbox_from_mask``, which scans slice by slice: 2x slower on a body mask and
+    25x to 400x on small or empty masks of a 200 x 400 x 400 volume, so this stays.
+    """
     if not mask.any():
         return [[0, s] for s in mask.shape]
     box = []

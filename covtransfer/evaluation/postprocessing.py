@@ -29,7 +29,11 @@ from covtransfer.evaluation.metrics import dice
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Boolean mask of the largest 26-connected component of ``mask`` (all False when ``mask`` is empty)."""
+    """Boolean mask of the largest 26-connected component of ``mask`` (all False when ``mask`` is empty).
+
+    Labels only the mask's bounding box. acvl-utils' ``remove_all_but_largest_component`` keeps every component tied
+    for the largest (this keeps one) and took 2x (scikit-image) to 2.5x (cc3d, few components) as long here.
+    """
     mask = mask.astype(bool, copy=False)
     keep = np.zeros(mask.shape, dtype=bool)
     if not mask.any():

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
 
 @lru_cache(maxsize=8)
@@ -71,18 +71,12 @@ def predict_sliding_window(model: torch.nn.Module, data: torch.Tensor, patch_siz
     """Logits ``(num_classes, Z, Y, X)`` for a ``(C, Z, Y, X)`` volume, on the device of ``data`` unless redirected.
 
     The model must return a single tensor (deep supervision off). Volumes smaller than the patch are padded with
-    zeros and the padding is cut off again. ``accumulate_on`` moves the running sums elsewhere (e.g. the CPU when a
+    zeros around their centre (acvl-utils' ``pad_nd_image``, also on the GPU) and the padding is cut off again. ``accumulate_on`` moves the running sums elsewhere (e.g. the CPU when a
     huge volume does not fit on the GPU).
     """
     device = data.device
     patch = [int(p) for p in patch_size]
-    pads = [max(p - s, 0) for p, s in zip(patch, data.shape[1:])]
-    before = [p // 2 for p in pads]
-    if any(pads):
-        pad_arg = []
-        for b, p in zip(reversed(before), reversed(pads)):
-            pad_arg += [b, p - b]
-        data = F.pad(data, pad_arg)
+    data, unpad = pad_nd_image(data, patch, return_slicer=True)
     shape = data.shape[1:]
     acc_device = torch.device(accumulate_on) if accumulate_on is not None else device
     logits = torch.zeros((num_classes, *shape), dtype=torch.float32, device=acc_device)
@@ -100,7 +94,4 @@ def predict_sliding_window(model: torch.nn.Module, data: torch.Tensor, patch_siz
             logits[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]] += window
             weights[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += gauss_acc
     logits /= weights
-    if any(pads):
-        logits = logits[(slice(None),) + tuple(slice(b, b + s) for b, s in
-                                                zip(before, [s - p for s, p in zip(shape, pads)]))]
-    return logits
+    return logits[(slice(None),) + tuple(unpad[1:])]

@@ -12,22 +12,21 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from covtransfer.training.case_store import CaseStore
 
 
 def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float) -> np.ndarray:
-    """The box ``start .. start + size`` of the spatial axes of ``array`` (c, z, y, x), ``fill`` outside it."""
-    out = np.full((array.shape[0], *size), fill, dtype=array.dtype)
-    src, dst = [slice(None)], [slice(None)]
-    for s, n, dim in zip(start, size, array.shape[1:]):
-        lo, hi = max(s, 0), min(s + n, dim)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
+    """The box ``start .. start + size`` of the spatial axes of ``array`` (c, z, y, x), ``fill`` outside it.
+
+    acvl-utils' ``crop_and_pad_nd`` returns a view where the box lies inside, which saves a copy before the batch is
+    stacked; a box wholly outside is answered here, as acvl-utils would fill it with 0 instead of ``fill``.
+    """
+    box = [[int(s), int(s) + int(n)] for s, n in zip(start, size)]
+    if any(hi <= 0 or lo >= dim for (lo, hi), dim in zip(box, array.shape[1:])):
+        return np.full((array.shape[0], *size), fill, dtype=array.dtype)
+    return crop_and_pad_nd(array, box, fill)
 
 
 class PatchSampler:

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from covtransfer.training.augment.base import Draws, SampledTransform
 from covtransfer.training.augment.sampling import coin, uniform
 
 
@@ -37,7 +38,7 @@ def blur_along(volumes: torch.Tensor, kernels: torch.Tensor, dim: int) -> torch.
     return result
 
 
-class GaussianBlur:
+class GaussianBlur(SampledTransform):
     """Blur chosen channels of a fraction ``p`` of samples; sigma drawn per channel and axis from ``sigma_range``."""
 
     def __init__(self, p: float = 0.2, sigma_range: tuple[float, float] = (0.5, 1.0),
@@ -46,16 +47,18 @@ class GaussianBlur:
         self.sigma_range = sigma_range
         self.p_per_channel = p_per_channel
 
-    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels = images.shape[:2]
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> Draws:
+        """Which (sample, channel) pairs are blurred, and sigmas of shape (B, C, 3) in (z, y, x)."""
         apply = coin(generator, (batch,), self.p)[:, None] & coin(generator, (batch, channels), self.p_per_channel)
-        sigmas = uniform(generator, (batch, channels, 3), *self.sigma_range)
-        if not apply.any():
+        return Draws(apply, uniform(generator, (batch, channels, 3), *self.sigma_range))
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor, params: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blur the chosen channels with their sigmas."""
+        if not params.apply.any():
             return images, seg
-        samples, chans = (i.to(images.device) for i in apply.nonzero(as_tuple=True))
+        samples, chans = (i.to(images.device) for i in params.apply.nonzero(as_tuple=True))
         volumes = images[samples, chans][None]
-        chosen_sigmas = sigmas[apply]
+        chosen_sigmas = params.values[params.apply]
         for axis in range(3):
             volumes = blur_along(volumes, gaussian_kernels(chosen_sigmas[:, axis]), axis + 2)
         return images.index_put((samples, chans), volumes[0]), seg

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import torch
 
+from covtransfer.training.augment.base import Draws, SampledTransform
 from covtransfer.training.augment.sampling import balanced_factor, broadcastable, coin, selected
 
 
-class Contrast:
+class Contrast(SampledTransform):
     """``x -> (x - mean) * f + mean`` per channel for a fraction ``p`` of samples, optionally clipped to the old range.
     """
 
@@ -20,18 +21,20 @@ class Contrast:
         self.factor_range = factor_range
         self.preserve_range = preserve_range
 
-    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels = images.shape[:2]
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> Draws:
+        """Which samples are stretched, and a factor per sample and channel."""
         apply = coin(generator, (batch,), self.p)
-        factors = balanced_factor(generator, (batch, channels), *self.factor_range)
-        if not apply.any():
+        return Draws(apply, balanced_factor(generator, (batch, channels), *self.factor_range))
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor, params: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stretch the chosen samples' channels about their means by their factors."""
+        if not params.apply.any():
             return images, seg
-        index = selected(apply, images.device)
+        index = selected(params.apply, images.device)
         chosen = images.index_select(0, index)
         flat = chosen.flatten(2)
         mean = flat.mean(2)[..., None, None, None]
-        factor = broadcastable(factors[apply], chosen.dim(), images.dtype, images.device)
+        factor = broadcastable(params.values[params.apply], chosen.dim(), images.dtype, images.device)
         stretched = (chosen - mean) * factor + mean
         if self.preserve_range:
             low, high = flat.amin(2)[..., None, None, None], flat.amax(2)[..., None, None, None]

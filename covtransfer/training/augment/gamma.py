@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from covtransfer.training.augment.base import Draws, SampledTransform
 from covtransfer.training.augment.sampling import balanced_factor, broadcastable, coin, selected
 
 
@@ -26,7 +27,7 @@ def _channel_std_mean(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return std[..., None, None], mean[..., None, None]
 
 
-class Gamma:
+class Gamma(SampledTransform):
     """``x -> ((x - min) / range) ** gamma * range + min`` per channel for a fraction ``p`` of samples."""
 
     def __init__(self, p: float = 0.3, gamma_range: tuple[float, float] = (0.7, 1.5), invert: bool = False,
@@ -36,14 +37,16 @@ class Gamma:
         self.invert = invert
         self.retain_stats = retain_stats
 
-    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels = images.shape[:2]
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> Draws:
+        """Which samples are curved, and a gamma per sample and channel."""
         apply = coin(generator, (batch,), self.p)
-        gammas = balanced_factor(generator, (batch, channels), *self.gamma_range)
-        if not apply.any():
+        return Draws(apply, balanced_factor(generator, (batch, channels), *self.gamma_range))
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor, params: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply each chosen sample's per-channel gamma curve."""
+        if not params.apply.any():
             return images, seg
-        index = selected(apply, images.device)
+        index = selected(params.apply, images.device)
         chosen = images.index_select(0, index)
         if self.invert:
             chosen = -chosen
@@ -51,7 +54,7 @@ class Gamma:
         flat = chosen.flatten(2)
         low = flat.amin(2)[..., None, None, None]
         span = flat.amax(2)[..., None, None, None] - low + 1e-7
-        gamma = broadcastable(gammas[apply], chosen.dim(), images.dtype, images.device)
+        gamma = broadcastable(params.values[params.apply], chosen.dim(), images.dtype, images.device)
         curved = ((chosen - low) / span).pow(gamma) * span + low
         if self.retain_stats:
             new_std, new_mean = _channel_std_mean(curved)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from covtransfer.training.augment.base import Draws, SampledTransform
 from covtransfer.training.augment.sampling import coin, uniform
 
 
@@ -45,7 +46,7 @@ def _resample_axis(volumes: torch.Tensor, zooms: torch.Tensor, dim: int) -> torc
     return lower + (upper - lower) * weight
 
 
-class SimulateLowResolution:
+class SimulateLowResolution(SampledTransform):
     """Degrade chosen channels of a fraction ``p`` of samples to a coarser grid (zoom from ``zoom_range``) and back."""
 
     def __init__(self, p: float = 0.25, zoom_range: tuple[float, float] = (0.5, 1.0), p_per_channel: float = 0.5,
@@ -55,16 +56,18 @@ class SimulateLowResolution:
         self.p_per_channel = p_per_channel
         self.ignore_axes = tuple(ignore_axes)
 
-    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels = images.shape[:2]
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> Draws:
+        """Which (sample, channel) pairs are degraded, and a zoom per sample and channel."""
         apply = coin(generator, (batch,), self.p)[:, None] & coin(generator, (batch, channels), self.p_per_channel)
-        zooms = uniform(generator, (batch, channels), *self.zoom_range)
-        if not apply.any():
+        return Draws(apply, uniform(generator, (batch, channels), *self.zoom_range))
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor, params: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample the chosen channels down by their zooms and back up."""
+        if not params.apply.any():
             return images, seg
-        samples, chans = (i.to(images.device) for i in apply.nonzero(as_tuple=True))
+        samples, chans = (i.to(images.device) for i in params.apply.nonzero(as_tuple=True))
         volumes = images[samples, chans]
         for axis in range(3):
             if axis not in self.ignore_axes:
-                volumes = _resample_axis(volumes, zooms[apply], axis + 1)
+                volumes = _resample_axis(volumes, params.values[params.apply], axis + 1)
         return images.index_put((samples, chans), volumes), seg

@@ -7,28 +7,44 @@ images' device from a generator seeded by the CPU generator.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from covtransfer.training.augment.sampling import broadcastable, coin, device_generator, selected, uniform
+from covtransfer.training.augment.base import SampledTransform
+from covtransfer.training.augment.sampling import broadcastable, coin, draw_seed, seeded_generator, selected, uniform
 
 
-class GaussianNoise:
+@dataclass(frozen=True)
+class NoiseParams:
+    """Which samples get noise, each sample's noise level, and the seed of the noise field."""
+
+    apply: torch.Tensor
+    stds: torch.Tensor
+    seed: int
+
+
+class GaussianNoise(SampledTransform):
     """Add zero-mean Gaussian noise with standard deviation drawn from ``std_range`` to a fraction ``p`` of samples."""
 
     def __init__(self, p: float = 0.1, std_range: tuple[float, float] = (0.0, 0.1)) -> None:
         self.p = p
         self.std_range = std_range
 
-    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = images.shape[0]
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> NoiseParams:
+        """Which samples get noise, their levels, and the noise field's seed (the field itself is drawn in apply)."""
         apply = coin(generator, (batch,), self.p)
         stds = uniform(generator, (batch,), *self.std_range)
-        noise_generator = device_generator(generator, images.device)
-        if not apply.any():
+        return NoiseParams(apply, stds, draw_seed(generator))
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor,
+              params: NoiseParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the seeded noise field, scaled by each chosen sample's level."""
+        if not params.apply.any():
             return images, seg
-        index = selected(apply, images.device)
+        index = selected(params.apply, images.device)
         chosen = images.index_select(0, index)
+        noise_generator = seeded_generator(params.seed, images.device)
         noise = torch.randn(chosen.shape, generator=noise_generator, device=images.device, dtype=images.dtype)
-        chosen = chosen + noise * broadcastable(stds[apply], chosen.dim(), images.dtype, images.device)
+        chosen = chosen + noise * broadcastable(params.stds[params.apply], chosen.dim(), images.dtype, images.device)
         return images.index_copy(0, index, chosen), seg

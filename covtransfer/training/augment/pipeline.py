@@ -7,10 +7,11 @@ inverted gamma, gamma, mirror, then RemoveLabel (-1 -> 0). Deep-supervision targ
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from covtransfer.training.augment.base import SampledTransform
 from covtransfer.training.augment.blur import GaussianBlur
 from covtransfer.training.augment.brightness import MultiplicativeBrightness
 from covtransfer.training.augment.contrast import Contrast
@@ -20,8 +21,6 @@ from covtransfer.training.augment.mirror import Mirror
 from covtransfer.training.augment.noise import GaussianNoise
 from covtransfer.training.augment.remove_label import RemoveLabel
 from covtransfer.training.augment.spatial import SpatialTransform, initial_patch_size, is_dummy_2d
-
-Transform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 ROTATION_DEGREES_3D = 30.0
 ROTATION_DEGREES_DUMMY_2D = 180.0
@@ -36,17 +35,26 @@ __all__ = ["TrainingAugmentation", "build_training_pipeline", "build_validation_
 class TrainingAugmentation:
     """Batched transforms in order; ``initial_patch_size`` is what the loader cuts, ``patch_size`` what comes out."""
 
-    def __init__(self, transforms: Sequence[Transform], patch_size: Sequence[int],
+    def __init__(self, transforms: Sequence[SampledTransform], patch_size: Sequence[int],
                  initial_patch_size: Sequence[int]) -> None:
         self.transforms = list(transforms)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.initial_patch_size = tuple(int(p) for p in initial_patch_size)
 
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> list[Any]:
+        """Every transform's parameters for a batch, in order; only batch size and channel count decide the draws."""
+        return [transform.sample(batch, channels, generator) for transform in self.transforms]
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor,
+              params: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the transforms with recorded ``params`` (from :meth:`sample`); replays a batch exactly."""
+        for transform, drawn in zip(self.transforms, params, strict=True):
+            images, seg = transform.apply(images, seg, drawn)
+        return images, seg
+
     def __call__(self, images: torch.Tensor, seg: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        for transform in self.transforms:
-            images, seg = transform(images, seg, generator)
-        return images, seg
+        return self.apply(images, seg, self.sample(images.shape[0], images.shape[1], generator))
 
 
 def build_training_pipeline(patch_size: Sequence[int], mirror_axes: Sequence[int] | None = (0, 1, 2),
@@ -61,7 +69,7 @@ def build_training_pipeline(patch_size: Sequence[int], mirror_axes: Sequence[int
     flat = is_dummy_2d(patch_size) if dummy_2d is None else dummy_2d
     if rotation_degrees is None:
         rotation_degrees = ROTATION_DEGREES_DUMMY_2D if flat else ROTATION_DEGREES_3D
-    transforms: list[Transform] = [
+    transforms: list[SampledTransform] = [
         SpatialTransform(patch_size, rotation_degrees=rotation_degrees, p_rotation=0.2, scale_range=SCALE_RANGE,
                          p_scale=0.2, dummy_2d=flat),
         GaussianNoise(p=0.1, std_range=(0.0, 0.1)),

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import torch
 
+from covtransfer.training.augment.base import SampledTransform
 
-class RemoveLabel:
+
+class RemoveLabel(SampledTransform):
     """Set negative labels to 0; images pass through.
 
     -1 is the only negative value our segmentations hold, so a clamp does the job, many times faster on CPU than a
     masked fill.
     """
 
-    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> None:
+        """Nothing is random."""
+        return None
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor, params: None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clamp the labels at 0."""
         return images, seg.clamp(min=0)

@@ -35,9 +35,13 @@ def balanced_factor(generator: torch.Generator, shape: tuple[int, ...], low: flo
     return torch.where(below, low_side, high_side)
 
 
-def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded from ``generator``, for large random fields that should not cross the bus."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+def draw_seed(generator: torch.Generator) -> int:
+    """A seed drawn from ``generator`` for a device generator (:func:`seeded_generator`)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``, for large random fields that should not cross the bus."""
     child = torch.Generator(device=device)
     child.manual_seed(seed)
     return child

@@ -10,11 +10,13 @@ the patch holds padding, else background) in the label; ``RemoveLabel`` later tu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from covtransfer.training.augment.base import SampledTransform
 from covtransfer.training.augment.sampling import coin, uniform
 
 
@@ -109,7 +111,18 @@ def resample_labels(seg: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return values[weights.argmax(1, keepdim=True)].to(seg.dtype)
 
 
-class SpatialTransform:
+@dataclass(frozen=True)
+class SpatialParams:
+    """Per sample: whether it is rotated, its (z, y, x) angles in radians (0 unless rotated), whether it is zoomed,
+    and its zoom factor (1 unless zoomed). A sample is resampled when rotated or zoomed, even at angle 0, factor 1."""
+
+    rotate: torch.Tensor
+    angles: torch.Tensor
+    zoom: torch.Tensor
+    factors: torch.Tensor
+
+
+class SpatialTransform(SampledTransform):
     """Random rotation (p=0.2; ±30° about each axis, or in-plane only for dummy 2D) and isotropic scaling (p=0.2,
     factor in (0.7, 1.4) applied to the sampling grid as in nnU-Net: above 1 zooms out, below 1 magnifies), resampled
     once per sample, cropped to ``patch_size`` about the centre."""
@@ -124,24 +137,29 @@ class SpatialTransform:
         self.p_scale = p_scale
         self.dummy_2d = dummy_2d
 
-    def __call__(self, images: torch.Tensor, seg: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, in_shape = images.shape[0], tuple(images.shape[2:])
-        if any(i < p for i, p in zip(in_shape, self.patch_size)):
-            raise ValueError(f"input patch {in_shape} is smaller than the final patch {self.patch_size}")
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> SpatialParams:
+        """Rotation and zoom of each sample."""
         rotate = coin(generator, (batch,), self.p_rotation)
         angles = uniform(generator, (batch, 3), -1.0, 1.0) * self.max_radians * rotate[:, None]
         zoom = coin(generator, (batch,), self.p_scale)
         factors = uniform(generator, (batch,), *self.scale_range)
-        factors = torch.where(zoom, factors, torch.ones_like(factors))
+        return SpatialParams(rotate, angles, zoom, torch.where(zoom, factors, torch.ones_like(factors)))
+
+    def apply(self, images: torch.Tensor, seg: torch.Tensor,
+              params: SpatialParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample the rotated or zoomed samples about the crop centre; centre-crop the others."""
+        batch, in_shape = images.shape[0], tuple(images.shape[2:])
+        if any(i < p for i, p in zip(in_shape, self.patch_size)):
+            raise ValueError(f"input patch {in_shape} is smaller than the final patch {self.patch_size}")
         starts = [(i - p) // 2 for i, p in zip(in_shape, self.patch_size)]
         crop = (Ellipsis,) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch_size))
         out_images, out_seg = images[crop], seg[crop]
-        resample = rotate | zoom
+        resample = params.rotate | params.zoom
         if not resample.any():
             return out_images.contiguous(), out_seg.contiguous()
         index = resample.nonzero().squeeze(1)
-        theta = self._theta(angles[index], factors[index], in_shape, starts).to(images.device, images.dtype)
+        theta = self._theta(params.angles[index], params.factors[index], in_shape, starts)
+        theta = theta.to(images.device, images.dtype)
         grid = affine_grid(theta, self.patch_size)
         device_index = index.to(images.device)
         everyone = len(index) == batch
