@@ -12,7 +12,6 @@ from typing import Callable
 
 import covtransfer
 from covtransfer.errors import CovtransferError
-from covtransfer.training.checkpoint import newest_checkpoint
 
 
 @dataclass
@@ -35,8 +34,8 @@ class Job:
 
     def launch_argv(self) -> list[str]:
         """The command as run now: with ``--continue`` when an interrupted training left a checkpoint."""
-        resume = self.resume_folder is not None and self.resume_folder.is_dir() and newest_checkpoint(
-            self.resume_folder) is not None
+        resume = self.resume_folder is not None and any(self.resume_folder.glob("checkpoint_*.pt")) \
+            and not self.is_done()
         return self.argv + (["--continue"] if resume else [])
 
 

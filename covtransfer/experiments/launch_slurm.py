@@ -66,19 +66,24 @@ def submit_slurm(jobs: list[Job], folder: Path, options: SlurmOptions) -> dict[s
     except RuntimeError:
         raise CovtransferError("--launcher slurm: no srun on the PATH; submit from a SLURM login node") from None
     env = {key: value for key, value in job_environment().items() if key == "PYTHONPATH"}
+    watcher = submitit.SlurmJob.watcher  # one sacct call for every job submitted before
+    watcher.clear()
+    for old in submitted.values():
+        watcher.register_job(old)
+    if submitted:
+        watcher.update()
     states, ids, fresh = {}, {}, set()
     for job in jobs:
         if done[job.name]:
             states[job.name] = "done"
             continue
         old = submitted.get(job.name)
-        handle = submitit.SlurmJob(folder / "%j", old) if old else None
-        state = handle.state if handle else "MISSING"
+        state = watcher.get_state(old, mode="cache") if old else "MISSING"
         if state in ACTIVE_STATES and not any(need in fresh for need in job.needs):
             states[job.name], ids[job.name] = f"running ({state.lower()})", old
             continue
         if state in ACTIVE_STATES:  # it waits for a job that failed and is resubmitted now: wait for the new one
-            handle.cancel(check=False)
+            submitit.SlurmJob(folder / "%j", old).cancel(check=False)
             state = "waiting for a failed job"
         gpus = options.gpus_per_job if job.gpu else 0
         waits = [ids[need] for need in job.needs if need in ids]
