@@ -34,6 +34,6 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6"]},
+    extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6", "submitit>=1.5"], "cluster": ["submitit>=1.5"]},
     entry_points={"console_scripts": [f"{name}=covtransfer.cli.{module}:entry" for name, module in COMMANDS.items()]},
 )

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -61,6 +62,21 @@ def test_rerun_skips_finished_steps(study_run):
     again = Study(spec, roots, output).run()
     assert (checkpoint.stat().st_mtime_ns, prediction.stat().st_mtime_ns) == stamps
     assert [r["dice_mean"] for r in again] == [r["dice_mean"] for r in rows]
+
+
+def test_predictions_are_redone_when_the_model_changes(study_run):
+    roots, spec, output, rows = study_run
+    checkpoint = roots.results / "Dataset011_Target" / "scratch" / "fold_all" / "checkpoint_final.pt"
+    scratch = sorted((output / "predictions" / "scratch" / "fold_all").glob("*.nii.gz"))
+    finetune = sorted((output / "predictions" / "finetune__from_multi" / "fold_all").glob("*.nii.gz"))
+    stamps = [p.stat().st_mtime_ns for p in scratch + finetune]
+    # the model retrained (or replaced) under the same name: a newer file than the predictions were made with
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
+    Study(spec, roots, output).run()
+    assert all(p.stat().st_mtime_ns > stamp for p, stamp in zip(scratch, stamps))  # redone with the new model
+    assert [p.stat().st_mtime_ns for p in finetune] == stamps[len(scratch):]  # its model unchanged: reused
+    record = json.loads((output / "predictions" / "scratch" / "fold_all" / "model.json").read_text())
+    assert record == {"size": checkpoint.stat().st_size, "mtime_ns": checkpoint.stat().st_mtime_ns}
 
 
 def test_interrupted_training_is_resumed(study_run):

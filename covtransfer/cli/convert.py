@@ -38,3 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

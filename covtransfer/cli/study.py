@@ -1,5 +1,7 @@
 """``covtransfer_study``: the published transfer protocol — plan, pre-train, train every strategy on every fold,
-predict each fold's test cases, evaluate and aggregate (resumable: finished steps are skipped)."""
+predict each fold's test cases, evaluate and aggregate (resumable: finished steps are skipped). The steps are jobs
+that run here one after another (``--launcher inline``), as parallel processes on this machine's GPUs (``local``) or
+as SLURM jobs (``slurm``); ``--dry-run`` prints them."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 from typing import Sequence
 
 from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
+from covtransfer.cli.study_launch import add_launcher_arguments, check_launcher_arguments, launch, run_job
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.experiments.report import summary_text
@@ -19,8 +22,8 @@ from covtransfer.training.trainer import TrainingSettings
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = TrainingSettings()
     p = argparse.ArgumentParser(prog="covtransfer_study", description=__doc__)
-    p.add_argument("--target", required=True, help="target dataset id or name (e.g. the converted COVID-19-CT-Seg)")
-    p.add_argument("--sources", nargs="+", required=True, help="source (non-COVID lesion) dataset ids or names")
+    p.add_argument("--target", help="target dataset id or name (e.g. the converted COVID-19-CT-Seg)")
+    p.add_argument("--sources", nargs="+", help="source (non-COVID lesion) dataset ids or names")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                    help=f"comma-separated (default {','.join(DEFAULT_STRATEGIES)})")
     p.add_argument("--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4), or all")
@@ -44,9 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="foreground intensity samples per channel for the fingerprints (default 1e8, as nnU-Net; "
                         "fewer use less memory and time)")
     p.add_argument("-o", "--output", help="study folder (default RESULTS/<target>/study)")
+    add_launcher_arguments(p)
     add_root_arguments(p)
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
+    if args.job:
+        return run_job(args)
+    if not args.target or not args.sources:
+        raise CovtransferError("--target and --sources are required (only --job reads them from the study folder)")
+    launcher = check_launcher_arguments(args)
+    device = args.device if launcher.deferred_device else resolve_device(args.device)
     if args.num_processes is not None and args.num_processes < 1:
         raise CovtransferError(f"--num-processes {args.num_processes}: must be at least 1")
     if args.fingerprint_voxels < 1:
@@ -61,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      preset=args.preset, gpu_memory_gb=args.gpu_memory_gb, tolerance_mm=args.tolerance_mm,
                      tta=not args.no_tta, num_processes=args.num_processes,
                      fingerprint_voxels=args.fingerprint_voxels)
-    study = Study(spec, roots_from_args(args), args.output)
+    study = Study(spec, roots_from_args(args), args.output, resolve=not launcher.deferred_device)
+    if args.dry_run or args.launcher != "inline":
+        return launch(study, launcher, args.dry_run)
     rows = study.run()
     print("\n" + summary_text(rows, study.paired, study.pretraining_rows))
     return 0

@@ -83,3 +83,18 @@ def check_reusable(checkpoint_path: Path, settings: TrainingSettings, configurat
     if theirs != configuration:
         raise CovtransferError(f"{folder}: was trained with plans other than those of {target} (planned again "
                                f"since?); {hint}")
+
+
+def checkpoint_identity(checkpoint_path: Path) -> dict:
+    """What tells one trained model file from another: its size and modification time, which change whenever a
+    training writes it again (a retrained or replaced model), so predictions keyed on it are never stale."""
+    stat = Path(checkpoint_path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def read_record(path: Path) -> dict | None:
+    """A JSON record written by the study, or None when it is missing or unreadable (then it is made again)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
