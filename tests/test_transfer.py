@@ -286,7 +286,8 @@ def test_hybrid_learning_rates_follow_the_poly_schedule_with_the_adapted_encoder
     moved = [i for i in first if i in adapted and first[i][1].abs().max() > 0]
     assert moved and len(moved) < len(first)
     for update, expected in first.values():
-        torch.testing.assert_close(update, expected, rtol=1e-3, atol=1e-7)  # float32 weights lose ~3e-8
+        # float32 rounding of w + Δw loses up to ~6e-8 × |w|: 3e-7 for the heads' prior bias (−4.6)
+        torch.testing.assert_close(update, expected, rtol=1e-3, atol=5e-7)
     update, expected = (torch.cat([first[i][k].flatten() for i in moved]) for k in (0, 1))
     assert float(update.norm() / expected.norm()) == pytest.approx(1.0, rel=1e-2)  # a full-rate step would be 10
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([poly[3], 0.1 * poly[3]], rel=1e-12)
