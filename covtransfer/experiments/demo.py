@@ -55,8 +55,8 @@ class DemoScale:
 
 # fp32 (bf16 autocast is over ten times slower than fp32 on CPUs without native bf16, such as AVX2-only ones);
 # 1,200 pre-training iterations, two thirds of them on the small tumours, and 1,000 per strategy: the shortest
-# schedule measured to take scratch past 50 % test DSC on this target on every seed tried (56-66 %, learning
-# benchmark); at 400 per strategy every model learnt but none reached 50 % (documentation/study.md)
+# schedule that took scratch past 50 % test DSC on this target in the learning benchmark (56-66 %, three seeds); in
+# the demo it reached 43 %, and at 400 per strategy no model reached 50 % (documentation/study.md)
 CPU_SCALE = DemoScale(size="small", preset="cpu", n_source_cases=8, pretrain_epochs=48, epochs=40,
                       iters_per_epoch=25, val_iters=2, source_weights=(2.0, 1.0))
 # nnU-Net-like epochs of 250 iterations: 10,000 pre-training and 5,000 target iterations per model, 3 seeds
