@@ -25,7 +25,6 @@ import torch
 
 from covtransfer.config import Roots
 from covtransfer.training import api
-from covtransfer.training.batch_stream import batch_loader
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, poly_lr
 
@@ -84,9 +83,7 @@ def main() -> None:
                                       args.work / "takeoff")
     settings = trainer.settings
     trainer.output_folder.mkdir(parents=True, exist_ok=True)
-    train_stream, val_stream = trainer._streams()
-    train_batches = iter(batch_loader(train_stream, 0, settings.epochs * settings.iters_per_epoch, 0, False))
-    val_batches = iter(batch_loader(val_stream, 0, settings.epochs * settings.val_iters, 0, False))
+    train_batches, val_batches = trainer._batches()
     print("epoch  loss    pseudo Dice  p(fg) lesion  p(fg) background")
     for epoch in range(args.epochs):
         trainer._run_epoch(train_batches, val_batches)

@@ -71,8 +71,8 @@ def predict_sliding_window(model: torch.nn.Module, data: torch.Tensor, patch_siz
     """Logits ``(num_classes, Z, Y, X)`` for a ``(C, Z, Y, X)`` volume, on the device of ``data`` unless redirected.
 
     The model must return a single tensor (deep supervision off). Volumes smaller than the patch are padded with
-    zeros around their centre (acvl-utils' ``pad_nd_image``, also on the GPU) and the padding is cut off again. ``accumulate_on`` moves the running sums elsewhere (e.g. the CPU when a
-    huge volume does not fit on the GPU).
+    zeros around their centre (acvl-utils' ``pad_nd_image``, also on the GPU) and the padding is cut off again.
+    ``accumulate_on`` moves the running sums elsewhere (e.g. the CPU when a huge volume does not fit on the GPU).
     """
     device = data.device
     patch = [int(p) for p in patch_size]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ class TrainingTask:
 
 
 def moving_average(previous: float | None, value: float) -> float | None:
-    """nnU-Net's EMA of the pseudo Dice (``0.9 × previous + 0.1 × value``); a NaN value (nothing to score) is skipped."""
+    """nnU-Net's EMA of the pseudo Dice (``0.9 × previous + 0.1 × value``); a NaN (nothing to score) is skipped."""
     if value is None or math.isnan(value):
         return previous
     return value if previous is None or math.isnan(previous) else EMA_DECAY * previous + (1 - EMA_DECAY) * value
@@ -132,7 +133,8 @@ class Trainer:
         self.validation_mirroring = self._validation_mirroring()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         n_outputs = self.configuration.n_stages - 1
-        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=self.configuration.batch_dice), deep_supervision_weights(n_outputs))
+        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=self.configuration.batch_dice),
+                                        deep_supervision_weights(n_outputs))
         self.ds_scales = deep_supervision_scales(self.configuration.strides)
         self.model: nn.Module = self._wrap(self.network)
         self.state = _State()
@@ -229,6 +231,17 @@ class Trainer:
         seed, rank = self.settings.seed, self.context.rank
         return BatchStream(train, weights, seed, 0, rank), BatchStream(val, weights, seed, 1, rank)
 
+    def _batches(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
+        """Training and validation batches from the current epoch to the last (no validation when ``val_iters`` 0)."""
+        s = self.settings
+        train_stream, val_stream = self._streams()
+        workers, pin = self._num_workers(), self.device.type == "cuda"
+        train = iter(batch_loader(train_stream, self.state.epoch * s.iters_per_epoch, s.epochs * s.iters_per_epoch,
+                                  workers, pin))
+        val = iter(batch_loader(val_stream, self.state.epoch * s.val_iters, s.epochs * s.val_iters,
+                                workers, pin)) if s.val_iters > 0 else None
+        return train, val
+
     def _num_workers(self) -> int:
         if self.settings.num_workers is not None:
             return self.settings.num_workers
@@ -280,12 +293,7 @@ class Trainer:
             if self.load_report is not None and self.state.epoch == 0:
                 write_json(self.output_folder / "load_report.json", self.load_report.to_dict())
                 self.log_line(self.load_report.summary())
-        train_stream, val_stream = self._streams()
-        workers, pin = self._num_workers(), self.device.type == "cuda"
-        train_batches = iter(batch_loader(train_stream, self.state.epoch * s.iters_per_epoch,
-                                          s.epochs * s.iters_per_epoch, workers, pin))
-        val_batches = iter(batch_loader(val_stream, self.state.epoch * s.val_iters, s.epochs * s.val_iters,
-                                        workers, pin)) if s.val_iters > 0 else None
+        train_batches, val_batches = self._batches()
         self.log_line(f"training {self.strategy.name} on {', '.join(t.name for t in self.tasks)}: "
                   f"epochs {self.state.epoch}..{s.epochs - 1}, {s.iters_per_epoch} iterations each, "
                   f"patch {self.configuration.patch_size}, batch {self.configuration.batch_size}, "
