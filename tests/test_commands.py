@@ -7,10 +7,11 @@ import io
 import shutil
 
 import pytest
+import torch
 
 from covtransfer.cli import demo, study
 from covtransfer.cli.common import run_cli
-from covtransfer.experiments.demo import SMOKE_SCALE, print_demo_summary, run_demo
+from covtransfer.experiments.demo import SMOKE_SCALE, default_parallel, print_demo_summary, run_demo
 from covtransfer.experiments.study import DEFAULT_STRATEGIES
 from tiny_data import write_raw_dataset
 
@@ -77,6 +78,9 @@ def test_demo_command_with_defaults(demo_run):
     output, printed = demo_run
     _check_outputs(output / "seed_0" / "study", printed)
     assert not (output / "across_seeds").exists()
+    if default_parallel(torch.device("cpu")) > 1:  # each job ran as its own process, its log kept
+        assert "finished train_hybrid__from_multi_fold_all" in printed
+        assert (output / "seed_0" / "study" / "logs" / "pretrain_multi.log").is_file()
 
 
 def test_study_command_with_defaults(study_run):
@@ -92,6 +96,7 @@ def test_demo_refuses_bad_input(demo_run, capsys, tmp_path):
     _refused(demo.main, ["--scale", "smoke", "--strategies", ""] + fresh, capsys, "--strategies is empty")
     _refused(demo.main, ["--scale", "huge"] + fresh, capsys, "--scale 'huge'")
     _refused(demo.main, ["--scale", "smoke", "--seeds", "0"] + fresh, capsys, "at least one seed")
+    _refused(demo.main, ["--scale", "smoke", "--parallel", "0"] + fresh, capsys, "at least one job at a time")
     assert not (tmp_path / "fresh").exists()
     # the smoke run's folder holds data and results of another scale
     _refused(demo.main, ["--scale", "cpu", "-o", str(output)], capsys, "synthetic data of another demo run")
@@ -127,7 +132,9 @@ def test_study_refuses_a_pretraining_from_sources_planned_otherwise(study_run, c
 
 
 def test_demo_runs_several_seeds_and_summarises_them(tmp_path, capsys):
-    result = run_demo(tmp_path, "cpu", seed=3, scale=SMOKE_SCALE, n_seeds=2, strategies=["scratch", "finetune"])
+    # in this process (--parallel 1): the default command above runs its jobs as parallel processes
+    result = run_demo(tmp_path, "cpu", seed=3, scale=SMOKE_SCALE, n_seeds=2, strategies=["scratch", "finetune"],
+                      parallel=1)
     assert [run.seed for run in result.runs] == [3, 4]
     assert all((tmp_path / f"seed_{s}" / "study" / "results.md").is_file() for s in (3, 4))
     summary = result.across_seeds

@@ -221,6 +221,19 @@ def test_cpu_preset_is_small():
         plan_experiment(fingerprint_of([1, 1, 1], [64, 64, 64]), ct_info(), "D", preset="tiny")
 
 
+def test_cpu_small_preset_halves_the_patch():
+    for spacing, shape in (([4.13, 2.85, 2.85], [50, 104, 118]), ([2.5, 0.79, 0.79], [110, 380, 460])):
+        fingerprint = fingerprint_of(spacing, shape)
+        cpu = plan_experiment(fingerprint, ct_info(), "D", preset="cpu").configuration("3d_fullres")
+        small = plan_experiment(fingerprint, ct_info(), "D", preset="cpu-small").configuration("3d_fullres")
+        assert small.features_per_stage == cpu.features_per_stage and small.batch_size == 2
+        assert 0.4 <= np.prod(small.patch_size) / np.prod(cpu.patch_size) <= 0.6
+        assert units_of(small) <= PRESETS["cpu-small"].reference_units
+    demo_like = plan_experiment(fingerprint_of([4.13, 2.85, 2.85], [50, 104, 118]), ct_info(), "D",
+                                preset="cpu-small").configuration("3d_fullres")
+    assert demo_like.patch_size == [20, 40, 48]
+
+
 def test_plans_json_round_trip(tmp_path):
     plans = plan_experiment(fingerprint_of([1.0, 0.76, 0.76], [300, 364, 456]), ct_info(), "Dataset001_Test")
     plans.save(tmp_path / "plans.json")

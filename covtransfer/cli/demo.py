@@ -18,8 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "a rerun resumes and skips finished steps")
     add_device_argument(parser, "on a GPU the demo runs at the gpu scale")
     parser.add_argument("--scale", default="auto",
-                        help=f"auto, {', '.join(SCALES)} (default auto: gpu on a CUDA device, else cpu); cpu: close to "
-                             "an hour on 2 cores; "
+                        help=f"auto, {', '.join(SCALES)} (default auto: gpu on a CUDA device, else cpu); cpu: "
+                             "about half an hour on 2 cores; "
                              "gpu: epochs of 250 iterations, 3 seeds; smoke: tiny data and a few iterations, "
                              "to check the pipeline in under a minute (learns nothing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and training (default 0)")
@@ -28,10 +28,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "scale, else 1)")
     parser.add_argument("--strategies", help="comma-separated subset of scratch,continual,finetune,encoder,hybrid "
                                              "(default: all five)")
+    parser.add_argument("--parallel", type=int, metavar="N",
+                        help="jobs at a time, each its own process with its share of the cores, logs in "
+                             "<output>/seed_N/study/logs (default: on a CPU one per core, at most 4; on a GPU 1); "
+                             "1: every job in this process, one after another, with its training log on screen")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies is not None else None
-    result = run_demo(args.output, device, args.seed, args.scale, args.seeds, strategies)
+    result = run_demo(args.output, device, args.seed, args.scale, args.seeds, strategies, args.parallel)
     print_demo_summary(result)
     return 0
 

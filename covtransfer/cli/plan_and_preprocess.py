@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0, metavar="G",
                         help="GPU memory the network is planned for (default 8)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="planning preset (default: 'default'); 'cpu' plans a small network for a few CPU cores")
+                        help="planning preset (default: 'default'); 'cpu' plans a small network for a few CPU cores, "
+                             "'cpu-small' the same with patches of half the size")
     parser.add_argument("-c", "--configurations", nargs="+", metavar="CONFIG",
                         help="configurations to preprocess (default: every planned one)")
     parser.add_argument("-np", "--num-processes", type=int, metavar="N",

@@ -7,7 +7,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from covtransfer.atomic import write_text
 from covtransfer.cli.common import roots_from_args
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
@@ -16,7 +15,6 @@ from covtransfer.experiments.launch_local import run_local
 from covtransfer.experiments.launch_slurm import SlurmOptions, submit_slurm
 from covtransfer.experiments.report import summary_text
 from covtransfer.experiments.study import Study
-from covtransfer.experiments.study_record import check_study_folder, write_study_record
 
 
 @dataclass
@@ -91,16 +89,10 @@ def check_launcher_arguments(args: argparse.Namespace) -> Launcher:
 
 def launch(study: Study, launcher: Launcher, dry_run: bool) -> int:
     """Print the job graph (``dry_run``), or run / submit the unfinished jobs with the local or SLURM launcher."""
-    target, sources, output = study.names()
-    record = study.record(target, sources)
-    check_study_folder(output, record)
-    jobs = study.jobs(target, sources, output)
     if dry_run:
-        print(describe(jobs))
+        print(describe(study.job_graph()[0]))
         return 0
-    study.check_existing_models(jobs)
-    write_study_record(output, record)
-    write_text(output / "commands.txt", "\n".join(job.command for job in jobs) + "\n")
+    jobs, output = study.prepare_launch()
     if launcher.kind == "slurm":
         submit_slurm(jobs, output / "slurm", launcher.slurm)
         return 0

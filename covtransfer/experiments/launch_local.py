@@ -7,9 +7,13 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from covtransfer.errors import CovtransferError
 from covtransfer.experiments.jobs import Job, done_states, job_environment, python_argv
+
+if TYPE_CHECKING:
+    from covtransfer.experiments.study import Study
 
 POLL_SECONDS = 0.2
 
@@ -50,6 +54,12 @@ def run_local(jobs: list[Job], log_folder: Path, slots: list[str | None], poll: 
         blocked = [n for n, s in state.items() if s == "blocked"]
         raise CovtransferError(f"{len(failed)} job(s) failed ({', '.join(failed)}; logs in {log_folder}), "
                                f"{len(blocked)} not started; run the same command again to resume")
+
+
+def run_study_local(study: "Study", slots: list[str | None]) -> None:
+    """Run the study's unfinished jobs as processes on ``slots`` (see :func:`run_local`), logs in ``study/logs``."""
+    jobs, output = study.prepare_launch()
+    run_local(jobs, output / "logs", slots)
 
 
 def _start(job: Job, log_folder: Path, slot: str | None, threads: str) -> subprocess.Popen:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covtransfer.atomic import write_json
+from covtransfer.atomic import write_json, write_text
 from covtransfer.config import Roots, find_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
@@ -364,12 +364,26 @@ class Study:
         write_report(output, rows, self.commands, target, self.roots, self.paired, self.pretraining_rows)
         return rows
 
-    def run(self) -> list[dict]:
-        """Every job of the study in this process, skipping finished ones; returns the aggregated rows."""
+    def job_graph(self) -> tuple[list[Job], Path, dict]:
+        """The job graph, the study folder and its record, after checking the folder holds no other study."""
         target, sources, output = self.names()
         record = self.record(target, sources)
         check_study_folder(output, record)
-        jobs = self.jobs(target, sources, output)
+        return self.jobs(target, sources, output), output, record
+
+    def prepare_launch(self) -> tuple[list[Job], Path]:
+        """What the local and SLURM launchers start from: the job graph, checked against models already trained,
+        with ``study.json`` and ``commands.txt`` written for the jobs' processes to read."""
+        jobs, output, record = self.job_graph()
+        self.check_existing_models(jobs)
+        write_study_record(output, record)
+        write_text(output / "commands.txt", "\n".join(job.command for job in jobs) + "\n")
+        return jobs, output
+
+    def run(self) -> list[dict]:
+        """Every job of the study in this process, skipping finished ones; returns the aggregated rows."""
+        jobs, output, record = self.job_graph()
+        target, sources = record["target"], record["sources"]
         self.commands = [job.command for job in jobs]
         rows: list[dict] = []
         for job in jobs:
