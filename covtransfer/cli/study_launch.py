@@ -10,7 +10,7 @@ from pathlib import Path
 from covtransfer.cli.common import roots_from_args
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
-from covtransfer.experiments.jobs import describe
+from covtransfer.experiments.jobs import AGGREGATE_JOB, describe
 from covtransfer.experiments.launch_local import run_local
 from covtransfer.experiments.launch_slurm import SlurmOptions, submit_slurm
 from covtransfer.experiments.report import summary_text
@@ -107,7 +107,7 @@ def run_job(args: argparse.Namespace) -> int:
         raise CovtransferError("--job needs -o STUDY_FOLDER (the folder holding study.json)")
     study = Study.from_folder(Path(args.output), roots_from_args(args), args.device)
     result = study.run_job(args.job)
-    if args.job == "aggregate":
+    if args.job == AGGREGATE_JOB:
         print("\n" + summary_text(result, study.paired, study.pretraining_rows))
     else:
         print(f"{args.job}: {len(result)} test case score(s) in {Path(args.output) / 'predictions'}")

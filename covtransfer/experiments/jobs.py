@@ -14,6 +14,9 @@ import covtransfer
 from covtransfer.errors import CovtransferError
 
 
+AGGREGATE_JOB = "aggregate"  # the study's last job: reads every fold's scores and writes the report
+
+
 @dataclass
 class Job:
     """One step of the study. ``argv`` starts with a ``covtransfer_*`` command; ``resume_folder`` is the training

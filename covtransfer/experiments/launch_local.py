@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covtransfer.errors import CovtransferError
-from covtransfer.experiments.jobs import Job, done_states, job_environment, python_argv
+from covtransfer.experiments.jobs import AGGREGATE_JOB, Job, done_states, job_environment, python_argv
 
 if TYPE_CHECKING:
     from covtransfer.experiments.study import Study
@@ -56,10 +56,13 @@ def run_local(jobs: list[Job], log_folder: Path, slots: list[str | None], poll: 
                                f"{len(blocked)} not started; run the same command again to resume")
 
 
-def run_study_local(study: "Study", slots: list[str | None]) -> None:
-    """Run the study's unfinished jobs as processes on ``slots`` (see :func:`run_local`), logs in ``study/logs``."""
+def run_study_local(study: "Study", slots: list[str | None]) -> list[dict]:
+    """Run the study's unfinished jobs as processes on ``slots`` (see :func:`run_local`), logs in ``study/logs``,
+    all but the aggregate, which runs here once: returns its rows (and sets ``study.paired`` and
+    ``study.pretraining_rows``)."""
     jobs, output = study.prepare_launch()
-    run_local(jobs, output / "logs", slots)
+    run_local([job for job in jobs if job.name != AGGREGATE_JOB], output / "logs", slots)
+    return study.run_job(AGGREGATE_JOB)
 
 
 def _start(job: Job, log_folder: Path, slot: str | None, threads: str) -> subprocess.Popen:

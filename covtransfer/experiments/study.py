@@ -27,7 +27,7 @@ from covtransfer.errors import CovtransferError
 from covtransfer.data.dataset_json import list_cases, load_dataset_json
 from covtransfer.data.image_io import file_ending
 from covtransfer.evaluation.evaluate import evaluate_case, summarise
-from covtransfer.experiments.jobs import Job, check_graph
+from covtransfer.experiments.jobs import AGGREGATE_JOB, Job, check_graph
 from covtransfer.experiments.paired import paired_rows
 from covtransfer.experiments.pretraining_summary import pretraining_line, pretraining_rows
 from covtransfer.experiments.report import write_report
@@ -174,7 +174,7 @@ class Study:
                          Job(predicts[-1], commands.study_job(predicts[-1]), [train_job.name],
                              lambda m=model, p=predictions: self.predicted(m, p), gpu=True,
                              action=lambda m=model, f=fold, p=predictions: self.evaluate_fold(target, m, f, p))]
-        jobs.append(Job("aggregate", commands.study_job("aggregate"),
+        jobs.append(Job(AGGREGATE_JOB, commands.study_job(AGGREGATE_JOB),
                         [f"pretrain_{p.tag}" for p in pretrainings] + predicts,
                         lambda: self._aggregated(output), action=lambda: self.aggregate(target, sources, output)))
         check_graph(jobs)
@@ -397,8 +397,8 @@ class Study:
         """One predict or aggregate job of the recorded study (trainings and planning are their own commands)."""
         target, sources, output = self.names()
         jobs = {job.name: job for job in self.jobs(target, sources, output)}
-        if name not in jobs or not (name.startswith("predict_") or name == "aggregate"):
-            known = [n for n in jobs if n.startswith("predict_")] + ["aggregate"]
+        if name not in jobs or not (name.startswith("predict_") or name == AGGREGATE_JOB):
+            known = [n for n in jobs if n.startswith("predict_")] + [AGGREGATE_JOB]
             raise CovtransferError(f"--job {name}: not a predict or aggregate job of this study ({', '.join(known)})")
         self.commands = [job.command for job in jobs.values()]
         return jobs[name].action()

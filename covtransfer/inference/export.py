@@ -62,7 +62,7 @@ def _resampled_slabs(probabilities: torch.Tensor, properties: dict, plans: Plans
                            settings.anisotropy_threshold)
     out_shape = [int(s) for s in properties["shape_after_cropping"]]
     args = (out_shape, settings.order_probabilities, axis, settings.order_z)
-    if max(axis_orders(*args[1:])) > TORCH_MAX_ORDER:
+    if max(axis_orders(settings.order_probabilities, axis, settings.order_z)) > TORCH_MAX_ORDER:
         out = resize(probabilities.float().cpu().numpy(), *args)
         yield 0, out_shape[0], torch.from_numpy(out).to(probabilities.device)
         return
