@@ -13,7 +13,8 @@ import pytest
 
 from covtransfer.cli import study
 from covtransfer.config import Roots
-from covtransfer.experiments.jobs import done_states, python_argv
+from covtransfer.experiments import launch_local
+from covtransfer.experiments.jobs import Job, done_states, python_argv
 from covtransfer.experiments.launch_slurm import SlurmOptions, submit_slurm
 from covtransfer.experiments.study import Study, StudySpec
 from covtransfer.training.trainer import TrainingSettings
@@ -73,6 +74,40 @@ def test_local_launcher_equals_inline(local_run, tmp_path):
     code, _ = _run(study.main, SCRATCH + _roots(tmp_path) + ["-o", str(tmp_path / "study")])
     assert code == 0
     assert _results(tmp_path / "study") == _results(base / "study")
+
+
+class _Finished:
+    """A stand-in process that has exited with status 0."""
+
+    def poll(self) -> int:
+        return 0
+
+
+def test_local_launcher_starts_the_costliest_ready_job_first(monkeypatch, tmp_path):
+    started = []
+    monkeypatch.setattr(launch_local, "_start", lambda job, *rest: started.append(job.name) or _Finished())
+
+    def job(name: str, needs: list[str], cost: float = 0.0) -> Job:
+        return Job(name, ["covtransfer_train"], needs, lambda: name in started, cost=cost)
+
+    jobs = [job("plan", []), job("short", ["plan"], 1.0), job("predict_short", ["short"]),
+            job("long", ["plan"], 3.0), job("predict_long", ["long"])]
+    launch_local.run_local(jobs, tmp_path / "logs", [None], poll=0.0)
+    # list order: plan, short, predict_short, long, predict_long (the longest training last)
+    assert started == ["plan", "long", "short", "predict_short", "predict_long"]
+
+
+def test_study_jobs_cost_their_iterations_times_the_strategy_cost(tmp_path):
+    settings = TrainingSettings(epochs=3, iters_per_epoch=10)
+    spec = StudySpec(target="11", sources=["12", "13"], strategies=["scratch", "finetune", "hybrid"], folds=["all"],
+                     settings=settings, pretrain_settings=TrainingSettings(epochs=5, iters_per_epoch=10))
+    jobs = {job.name: job for job in Study(spec, Roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "res"),
+                                           tmp_path / "study").jobs("Dataset011_T", ["Dataset012_A", "Dataset013_B"],
+                                                                    tmp_path / "study")}
+    costs = {name: job.cost for name, job in jobs.items() if job.cost}
+    assert costs == {"pretrain_multi": 50.0, "train_scratch_fold_all": 30.0,
+                     "train_finetune__from_multi_fold_all": pytest.approx(24.0),
+                     "train_hybrid__from_multi_fold_all": pytest.approx(42.0)}
 
 
 def test_killed_training_is_resumed_on_the_next_invocation(local_run, capsys):

@@ -1,8 +1,8 @@
 """The demo: the whole transfer study on synthetic chest CTs, small enough for a laptop CPU.
 
 It writes three synthetic datasets (a COVID-19-like target with 4 training and 8 test cases, tumour and effusion
-sources), plans the target with the ``cpu`` preset, pre-trains one multi-lesion model on the sources, trains the
-five strategies on the 4 target cases, predicts and scores the 8 test cases, and prints the results table, the
+sources), plans the target with the ``cpu-small`` preset, pre-trains one multi-lesion model on the sources, trains
+the five strategies on the 4 target cases, predicts and scores the 8 test cases, and prints the results table, the
 paired comparison with scratch and the pre-training's final EMA per source. On a GPU it runs longer (epochs of 250
 iterations) over 3 seeds and adds the mean ± sd across seeds. Seed N lives in ``<output>/seed_N/``.
 """
@@ -58,10 +58,11 @@ class DemoScale:
 # fp32 (bf16 autocast is over ten times slower than fp32 on CPUs without native bf16, such as AVX2-only ones); the
 # cpu-small preset (patch 20 x 40 x 48: a step 2.5 times cheaper than the cpu preset's 24 x 56 x 56, and scratch
 # learnt at least as well); 2,000 pre-training iterations, half per source, and 2,000 per strategy: at 1,000 scratch
-# and continual ended near 50 % test DSC and finetune at 36-40 % on two seeds; at 2,000 every other strategy reached
-# 54-70 % on seeds 0 and 1, finetune 52 % and 41 % (documentation/study.md). Pre-training runs beside scratch, so it
-# costs no extra time with two jobs at a time.
-CPU_SCALE = DemoScale(size="small", preset="cpu-small", n_source_cases=8, pretrain_epochs=80, epochs=80,
+# and continual ended near 50 % test DSC and finetune at 36-40 % on two seeds; at 2,000 continual, encoder and
+# hybrid reached 64-72 % on seeds 0-2, scratch 54, 65 and 43 %, finetune 52, 41 and 39 % (documentation/study.md:
+# neither more source cases, a wider network nor a longer pre-training lifted finetune over 50 % on seeds 1 and 2).
+# Pre-training runs beside scratch, so it costs no extra time with two jobs at a time.
+CPU_SCALE = DemoScale(size="small", preset="cpu-small", n_source_cases=8, pretrain_epochs=80, epochs=160,
                       iters_per_epoch=25, val_iters=2, source_weights=(1.0, 1.0))
 # nnU-Net-like epochs of 250 iterations: 10,000 pre-training and 5,000 target iterations per model, 3 seeds
 GPU_SCALE = DemoScale(size="small", preset=None, n_source_cases=16, pretrain_epochs=40, epochs=20,

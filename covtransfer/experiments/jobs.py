@@ -20,7 +20,8 @@ AGGREGATE_JOB = "aggregate"  # the study's last job: reads every fold's scores a
 @dataclass
 class Job:
     """One step of the study. ``argv`` starts with a ``covtransfer_*`` command; ``resume_folder`` is the training
-    folder whose checkpoint a rerun continues from (``--continue``); ``action`` runs the step in this process."""
+    folder whose checkpoint a rerun continues from (``--continue``); ``action`` runs the step in this process;
+    ``cost`` estimates its run time in relative units, so that a launcher can start the longest ready job first."""
 
     name: str
     argv: list[str]
@@ -29,6 +30,7 @@ class Job:
     gpu: bool = False
     resume_folder: Path | None = None
     action: Callable[[], object] | None = None
+    cost: float = 0.0
 
     @property
     def command(self) -> str:

@@ -1,5 +1,6 @@
 """``--launcher local``: the study's jobs as separate processes on this machine, each started as soon as the jobs
-it waits for have finished, at most one per GPU (``CUDA_VISIBLE_DEVICES``) or ``max_parallel`` at a time."""
+it waits for have finished, at most one per GPU (``CUDA_VISIBLE_DEVICES``) or ``max_parallel`` at a time, the
+costliest ready job first (so that the longest training does not run alone at the end)."""
 
 from __future__ import annotations
 
@@ -19,18 +20,20 @@ POLL_SECONDS = 0.2
 
 
 def run_local(jobs: list[Job], log_folder: Path, slots: list[str | None], poll: float = POLL_SECONDS) -> None:
-    """Run every unfinished job; ``slots`` are the GPU ids to hand out (one per running job), or ``None`` entries
-    on the CPU. Logs go to ``log_folder/<job>.log``. Raises after the others ran when a job failed."""
+    """Run every unfinished job, the highest ``cost`` first among those ready (ties in list order); ``slots`` are
+    the GPU ids to hand out (one per running job), or ``None`` entries on the CPU. Logs go to
+    ``log_folder/<job>.log``. Raises after the others ran when a job failed."""
     log_folder.mkdir(parents=True, exist_ok=True)
     state = {name: "done" if done else "waiting" for name, done in done_states(jobs).items()}
     by_name = {job.name: job for job in jobs}
     free, running = list(slots), {}
+    by_cost = sorted(jobs, key=lambda job: -job.cost)
     threads = str(max(1, (os.cpu_count() or 1) // len(slots)))  # CPU jobs share the cores instead of each taking all
     skipped = [n for n, s in state.items() if s == "done"]
     if skipped:
         print(f"done already, skipped: {', '.join(skipped)}", flush=True)
     while any(s in ("waiting", "running") for s in state.values()):
-        for job in jobs:
+        for job in by_cost:
             if state[job.name] == "waiting" and any(state[n] in ("failed", "blocked") for n in job.needs):
                 state[job.name] = "blocked"
             elif state[job.name] == "waiting" and free and all(state[n] == "done" for n in job.needs):

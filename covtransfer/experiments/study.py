@@ -192,8 +192,10 @@ class Study:
                 print(pretraining_line(pretraining_rows(p.tag, p.sources, read_metrics(trained))), flush=True)
             return trained
 
+        cost = settings.epochs * settings.iters_per_epoch * make_strategy(strategy).relative_cost
         return Job(name, commands.train(datasets, strategy, fold, settings, pretrained, tag), needs,
-                   lambda: (folder / "checkpoint_final.pt").is_file(), gpu=True, resume_folder=folder, action=action)
+                   lambda: (folder / "checkpoint_final.pt").is_file(), gpu=True, resume_folder=folder, action=action,
+                   cost=cost)
 
     def pretrainings(self, sources: list[str]) -> list[Pretraining]:
         """One multi-lesion pre-training and/or one per source (on all their cases), as ``--pretrain`` asks."""
