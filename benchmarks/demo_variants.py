@@ -7,7 +7,7 @@ Everything not named keeps the ``cpu`` scale's value (``covtransfer.experiments.
 ``--max-features`` widen the network of the ``cpu-small`` planning preset for this run; the jobs then run in this
 process, one after another, because the launcher's job processes would plan with the unchanged preset.
 
-Usage: ``python benchmarks/demo_variants.py -o OUT --seed 1 --strategies finetune --pretrain-epochs 160``
+Usage: ``python benchmarks/demo_variants.py -o OUT --seed 1 --strategies finetune --pretrain-epochs 80``
 (one thread per run: ``OMP_NUM_THREADS=1``, to run two variants side by side on two cores).
 """
 

@@ -57,13 +57,13 @@ class DemoScale:
 
 # fp32 (bf16 autocast is over ten times slower than fp32 on CPUs without native bf16, such as AVX2-only ones); the
 # cpu-small preset (patch 20 x 40 x 48: a step 2.5 times cheaper than the cpu preset's 24 x 56 x 56, and scratch
-# learnt at least as well); 2,000 pre-training iterations, half per source, and 4,000 per strategy: at 1,000 scratch
-# and continual ended near 50 % test DSC and finetune at 36-40 % on two seeds; at 2,000 continual, encoder and
-# hybrid reached 64-72 % on seeds 0-2 but scratch 54, 65 and 43 %, finetune 52, 41 and 39 %; at 4,000 seed 2's
-# scratch reached 75 % and finetune 51 %, seed 1's four others 71-74 % and finetune 48 % (documentation/study.md:
-# more source cases, a wider network or a longer pre-training did not lift finetune). Pre-training runs beside
-# scratch, so it costs no extra time with two jobs at a time.
-CPU_SCALE = DemoScale(size="small", preset="cpu-small", n_source_cases=8, pretrain_epochs=80, epochs=160,
+# learnt at least as well); 4,000 pre-training iterations, half per source, and 4,000 per strategy. Measured on
+# seeds 0-2 (documentation/study.md): at 1,000 per strategy scratch and continual ended near 50 % test DSC and
+# finetune at 36-40 %; at 2,000 scratch reached only 43 % on seed 2; at 4,000 after 2,000 pre-training iterations
+# every model on seeds 0 and 1 passed 50 % but finetune on seed 1 (48 %), which 4,000 pre-training iterations
+# lifted to 53.5 % (seed 2: 51.4 -> 53.6 %). Pre-training runs beside scratch, whose length it now matches, so the
+# longer pre-training costs about 4 minutes of wall time with two jobs at a time.
+CPU_SCALE = DemoScale(size="small", preset="cpu-small", n_source_cases=8, pretrain_epochs=160, epochs=160,
                       iters_per_epoch=25, val_iters=2, source_weights=(1.0, 1.0))
 # nnU-Net-like epochs of 250 iterations: 10,000 pre-training and 5,000 target iterations per model, 3 seeds
 GPU_SCALE = DemoScale(size="small", preset=None, n_source_cases=16, pretrain_epochs=40, epochs=20,
