@@ -1,6 +1,8 @@
 """Side-by-side learning benchmark: covtransfer and nnU-Net 2.8.1 trained at the same budget on the same data.
 
-For each synthetic dataset (``covid``: 4 training and 8 test cases; ``tumor``: 8 and 4; size ``small``) it:
+Four synthetic datasets, each drawn with a generator seed the script takes from a fixed list (``FRESH_DATA_SEEDS``,
+never tuned on; ``--data-round`` moves to the next unseen draw): ``covid`` (4 training, 8 test cases), ``tumor``
+(8 and 4), ``effusion`` (4 and 8), all of size ``small``, and ``covid-thick`` (4 and 8) with 5–7 mm slices. For each:
 
 1. writes the raw dataset and plans and preprocesses it with covtransfer (``--preset cpu``);
 2. plans it with nnU-Net in a separate virtual environment and overwrites nnU-Net's ``3d_fullres`` with covtransfer's
@@ -10,14 +12,19 @@ For each synthetic dataset (``covid``: 4 training and 8 test cases; ``tumor``: 8
 4. predicts the test cases without mirroring and scores both tools with covtransfer's evaluator (DSC, NSD at 3 mm),
    cross-checked against DeepMind's ``surface-distance`` in the nnU-Net environment.
 
-Outputs under ``--work``: ``learning.json`` (every run, per case), ``learning.md`` (mean ± sd across seeds, paired
-per-case differences) and ``learning_curves.png`` (EMA pseudo Dice per epoch of every run). Runs are resumable: a
-finished run (``runs/<tool>_<dataset>_<seed>/scores.json``) is not repeated.
+The report gives, per dataset, mean ± sd across seeds and each run's take-off epoch (first epoch whose EMA pseudo
+Dice exceeds ``TAKEOFF_DICE``), then the paired per-case difference covtransfer − nnU-Net (each case averaged over
+seeds) with its bootstrap 95 % CI and Wilcoxon p, once over all seeds and once over the seeds where both tools took
+off, so that a take-off failure and a slower learner are told apart; and the wall time of every run.
+
+Outputs under ``--work``: ``learning.json`` (every run, per case), ``learning.md`` (the report) and
+``learning_curves.png`` (EMA pseudo Dice per epoch of every run). Runs are resumable: a finished run
+(``runs/<tool>_<dataset>_<seed>/scores.json``) is not repeated.
 
 Usage::
 
     python -m venv /tmp/nnunet && /tmp/nnunet/bin/pip install torch==2.13.0 nnunetv2==2.8.1 surface-distance
-    python benchmarks/learning.py --nnunet-venv /tmp/nnunet --seeds 0 1 2 --jobs 2
+    python benchmarks/learning.py --nnunet-venv /tmp/nnunet --jobs 2 --threads 1     # 4 datasets x 5 seeds x 2 tools
 """
 
 from __future__ import annotations
@@ -28,27 +35,56 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from covtransfer.config import Roots
 from covtransfer.datasets.synthetic import make_synthetic_dataset
 from covtransfer.evaluation.evaluate import evaluate_case
+from covtransfer.experiments.paired import bootstrap_ci, wilcoxon_p
 from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from covtransfer.training.api import read_metrics
 
 HERE = Path(__file__).resolve().parent
-DATASETS = {"covid": (801, 4, 8), "tumor": (802, 8, 4)}  # kind: (dataset id, training cases, test cases)
+
+
+class DatasetSpec(NamedTuple):
+    """One benchmark dataset: its id, the phantom kind and size, and how many training and test cases."""
+
+    dataset_id: int
+    kind: str
+    n_train: int
+    n_test: int
+    size: str = "small"
+
+
+DATASETS = {"covid": DatasetSpec(801, "covid", 4, 8), "tumor": DatasetSpec(802, "tumor", 8, 4),
+            "effusion": DatasetSpec(803, "effusion", 4, 8), "covid-thick": DatasetSpec(804, "covid", 4, 8, "thick")}
+# Generator seeds of the datasets, fixed before any run and never tuned on: round r gives dataset i the seed
+# FRESH_DATA_SEEDS[r * len(DATASETS) + i] (in DATASETS' order), so every round is a new, unseen draw.
+FRESH_DATA_SEEDS = (48611, 90217, 13759, 66403, 27581, 71933, 35107, 84229, 52361, 19697, 60859, 7793)
 TOOLS = ("covtransfer", "nnunet")
 TOLERANCE_MM = 3.0
+TAKEOFF_DICE = 0.01  # a run has taken off in the first epoch whose EMA pseudo Dice exceeds this
+
+
+def data_seed(name: str, data_round: int) -> int:
+    """The generator seed of dataset ``name`` in round ``data_round`` of ``FRESH_DATA_SEEDS``."""
+    index = data_round * len(DATASETS) + list(DATASETS).index(name)
+    if index >= len(FRESH_DATA_SEEDS):
+        raise SystemExit(f"--data-round {data_round}: FRESH_DATA_SEEDS holds {len(FRESH_DATA_SEEDS) // len(DATASETS)}"
+                         " rounds")
+    return FRESH_DATA_SEEDS[index]
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: which tool, on which dataset, with which seed."""
+    """One training run: which tool, on which benchmark dataset (a key of ``DATASETS``), with which seed."""
 
     tool: str
     kind: str
@@ -68,9 +104,10 @@ class Bench:
         self.nnunet_python = args.nnunet_venv.resolve() / "bin" / "python" if args.nnunet_venv else None
         self.epochs, self.iters, self.val_iters = args.epochs, args.iters_per_epoch, args.val_iters
         self.threads = args.threads
+        self.data_round = args.data_round
 
-    def dataset_folder(self, kind: str) -> Path:
-        dataset_id = DATASETS[kind][0]
+    def dataset_folder(self, name: str) -> Path:
+        dataset_id = DATASETS[name].dataset_id
         return next(self.roots.raw.glob(f"Dataset{dataset_id:03d}_*"))
 
     def nnunet_env(self) -> dict:
@@ -93,13 +130,18 @@ class Bench:
         subprocess.run([str(script), *args, *roots], check=True, env=env)
 
 
-def prepare(bench: Bench, kind: str, with_nnunet: bool) -> None:
+def prepare(bench: Bench, dataset: str, with_nnunet: bool) -> None:
     """Raw data, covtransfer's plans and preprocessing, and (optionally) nnU-Net's preprocessing with those plans."""
-    dataset_id, n_train, n_test = DATASETS[kind]
-    if not any(bench.roots.raw.glob(f"Dataset{dataset_id:03d}_*")):
-        make_synthetic_dataset(kind, dataset_id, n_train, n_test=n_test, size="small", seed=0,
-                               raw_root=bench.roots.raw)
-    name = bench.dataset_folder(kind).name
+    spec, seed = DATASETS[dataset], data_seed(dataset, bench.data_round)
+    if not any(bench.roots.raw.glob(f"Dataset{spec.dataset_id:03d}_*")):
+        make_synthetic_dataset(spec.kind, spec.dataset_id, spec.n_train, n_test=spec.n_test, size=spec.size,
+                               seed=seed, name=f"Synthetic{dataset.title().replace('-', '')}", raw_root=bench.roots.raw)
+    drawn = json.loads((bench.dataset_folder(dataset) / "dataset.json").read_text())["synthetic"]["seed"]
+    if drawn != seed:
+        raise SystemExit(f"{bench.dataset_folder(dataset)}: drawn with generator seed {drawn}, but --data-round "
+                         f"{bench.data_round} asks for {seed}; use another --work")
+    dataset_id = spec.dataset_id
+    name = bench.dataset_folder(dataset).name
     plans = bench.roots.preprocessed / name / "plans.json"
     if not plans.is_file():
         plan_and_preprocess([dataset_id], bench.roots, preset="cpu", num_processes=2)
@@ -115,6 +157,7 @@ def train_and_predict(bench: Bench, run: Run) -> Path:
     if (folder / "scores.json").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     dataset = bench.dataset_folder(run.kind)
     predictions = folder / "predictions"
     if run.tool == "covtransfer":
@@ -135,7 +178,7 @@ def train_and_predict(bench: Bench, run: Run) -> Path:
         bench.nnunet("predict", str(model), str(dataset / "imagesTs"), str(predictions))
         curve = json.loads((model / "curve.json").read_text())["ema_dice"]
     scores = score(dataset / "labelsTs", predictions)
-    record = {"run": run.__dict__, "cases": scores, "curve": curve}
+    record = {"run": run.__dict__, "cases": scores, "curve": curve, "wall_s": round(time.perf_counter() - started, 1)}
     tmp = folder / "scores.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(folder / "scores.json")
@@ -163,30 +206,65 @@ def check_against_surface_distance(bench: Bench, folder: Path, kind: str) -> flo
     return max(abs(ours[c][m] - theirs[c][m]) for c in ours for m in ("dice", "nsd"))
 
 
+def takeoff_epoch(curve: list) -> int | None:
+    """The first epoch whose EMA pseudo Dice exceeds ``TAKEOFF_DICE``; None if the run never took off."""
+    return next((epoch for epoch, value in enumerate(curve) if value is not None and value > TAKEOFF_DICE), None)
+
+
+def _seed_means(record: dict) -> tuple[float, float]:
+    """The run's mean test DSC and NSD, in percent."""
+    cases = record["cases"].values()
+    return 100 * float(np.mean([c["dice"] for c in cases])), 100 * float(np.mean([c["nsd"] for c in cases]))
+
+
 def summarise(records: list[dict]) -> str:
-    """Markdown: mean ± sd across seeds per tool and dataset, then the paired per-case differences."""
-    lines = ["| dataset | tool | seeds | test DSC % | NSD@3 mm % | per seed DSC |", "|---|---|---|---|---|---|"]
-    by_key: dict[tuple[str, str], list[dict]] = {}
+    """Markdown: per dataset and tool mean ± sd and take-off, paired per-case Δ (all seeds, took-off seeds), wall time."""
+    by_key: dict[tuple[str, str], dict[int, dict]] = {}
     for record in records:
-        by_key.setdefault((record["run"]["kind"], record["run"]["tool"]), []).append(record)
-    for (kind, tool), runs in sorted(by_key.items()):
-        dsc = [100 * np.mean([c["dice"] for c in r["cases"].values()]) for r in runs]
-        nsd = [100 * np.mean([c["nsd"] for c in r["cases"].values()]) for r in runs]
-        lines.append(f"| {kind} | {tool} | {len(runs)} | {_mean_sd(dsc)} | {_mean_sd(nsd)} | "
-                     f"{', '.join(f'{v:.1f}' for v in dsc)} |")
-    lines += ["", "Paired per-case difference covtransfer − nnU-Net (each case's score averaged over seeds):", "",
-              "| dataset | cases | Δ DSC % | Δ NSD % | cases better / worse (DSC) |", "|---|---|---|---|---|"]
-    for kind in sorted({k for k, _ in by_key}):
-        if not all((kind, tool) in by_key for tool in TOOLS):
+        by_key.setdefault((record["run"]["kind"], record["run"]["tool"]), {})[record["run"]["seed"]] = record
+    lines = ["| dataset | tool | seeds | test DSC % | NSD@3 mm % | per seed DSC | take-off epoch | wall min/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (dataset, tool), runs in sorted(by_key.items()):
+        means = [_seed_means(runs[seed]) for seed in sorted(runs)]
+        takeoff = [takeoff_epoch(runs[seed]["curve"]) for seed in sorted(runs)]
+        walls = [runs[seed].get("wall_s") for seed in sorted(runs)]
+        wall = f"{np.mean(walls) / 60:.1f}" if None not in walls else "n/a"
+        lines.append(f"| {dataset} | {tool} | {len(runs)} | {_mean_sd([m[0] for m in means])} | "
+                     f"{_mean_sd([m[1] for m in means])} | {', '.join(f'{m[0]:.1f}' for m in means)} | "
+                     f"{', '.join('never' if t is None else str(t) for t in takeoff)} | {wall} |")
+    lines += ["", "Paired per-case difference covtransfer − nnU-Net, each case's score averaged over the seeds named "
+              "(points; bootstrap 95 % CI of the mean, Wilcoxon signed-rank p):", "",
+              "| dataset | seeds | cases | Δ DSC [95 % CI] | p | Δ NSD [95 % CI] | p | cases better / worse (DSC) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for dataset in sorted({d for d, _ in by_key}):
+        if not all((dataset, tool) in by_key for tool in TOOLS):
             continue
-        per_tool = {tool: _case_means(by_key[(kind, tool)]) for tool in TOOLS}
-        cases = sorted(per_tool["covtransfer"])
-        diff = {m: [100 * (per_tool["covtransfer"][c][m] - per_tool["nnunet"][c][m]) for c in cases]
-                for m in ("dice", "nsd")}
-        better = sum(d > 0 for d in diff["dice"])
-        lines.append(f"| {kind} | {len(cases)} | {_mean_sd(diff['dice'])} | {_mean_sd(diff['nsd'])} | "
-                     f"{better} / {len(cases) - better} |")
+        runs = {tool: by_key[(dataset, tool)] for tool in TOOLS}
+        common = sorted(set(runs["covtransfer"]) & set(runs["nnunet"]))
+        took_off = [s for s in common if all(takeoff_epoch(runs[t][s]["curve"]) is not None for t in TOOLS)]
+        for label, seeds in (("all", common), ("both took off", took_off)):
+            lines.append(_paired_row(dataset, label, seeds, runs))
+    total = sum(r.get("wall_s") or 0.0 for r in records)
+    lines += ["", f"Wall time of the {len(records)} runs: {total / 3600:.1f} h of run time in all (runs in parallel "
+              "overlap)."]
     return "\n".join(lines)
+
+
+def _paired_row(dataset: str, label: str, seeds: list[int], runs: dict[str, dict[int, dict]]) -> str:
+    """One row of the paired table: Δ per case over ``seeds``, its CI and p, for DSC and NSD."""
+    if not seeds:
+        return f"| {dataset} | {label}: none | | | | | | |"
+    per_tool = {tool: _case_means([runs[tool][s] for s in seeds]) for tool in TOOLS}
+    cases = sorted(per_tool["covtransfer"])
+    cells = []
+    for metric in ("dice", "nsd"):
+        diff = np.array([100 * (per_tool["covtransfer"][c][metric] - per_tool["nnunet"][c][metric]) for c in cases])
+        low, high = bootstrap_ci(diff)
+        cells.append(f"{diff.mean():+.1f} [{low:+.1f}, {high:+.1f}] | {wilcoxon_p(diff):.3f}")
+        if metric == "dice":
+            better = int(np.sum(diff > 0))
+    return (f"| {dataset} | {label}: {', '.join(map(str, seeds))} | {len(cases)} | {cells[0]} | {cells[1]} | "
+            f"{better} / {len(cases) - better} |")
 
 
 def _case_means(runs: list[dict]) -> dict[str, dict[str, float]]:
@@ -225,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("learning_benchmark"), help="working folder")
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--data-round", type=int, default=0,
+                        help="which draw of FRESH_DATA_SEEDS generates the datasets (a new round is unseen data)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--iters-per-epoch", type=int, default=25)
     parser.add_argument("--val-iters", type=int, default=5)
