@@ -2,6 +2,8 @@
 
 import shutil
 
+import highdicom as hd
+import matplotlib.pyplot as plt
 import numpy as np
 import pydicom
 import pytest
@@ -99,3 +101,44 @@ def test_bad_series_are_refused_in_one_line_naming_the_series(tmp_path, model, c
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error and str(folder) in error
     assert not out.exists() or not any(out.iterdir())
+
+
+def _on_grid(volume: hd.Volume, geometry: Geometry, labels: np.ndarray) -> bool:
+    """Whether every voxel of a highdicom volume lies on a voxel of ``labels`` (on ``geometry``) with its value."""
+    direction = np.array(geometry.direction).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction[:, ::-1] * np.array(geometry.spacing)
+    affine[:3, 3] = geometry.origin
+    index = np.indices(volume.array.shape).reshape(3, -1)
+    mapped = (np.linalg.inv(affine) @ volume.affine @ np.vstack([index, np.ones(index.shape[1])]))[:3]
+    target = np.round(mapped).astype(int)
+    return bool(np.allclose(mapped, target, atol=1e-4) and
+                np.array_equal(labels[tuple(target)], volume.array[tuple(index)]))
+
+
+def test_dicom_seg_round_trip_equals_the_nifti_prediction_and_overlays_decode(tmp_path, model):
+    volume = _volume()
+    write_ct_series(tmp_path / "dicom" / "case3", volume, GEOMETRY)
+    out = tmp_path / "out"
+    assert main(["-i", str(tmp_path / "dicom"), "-o", str(out), "-m", str(model), "--quiet", "--no-tta",
+                 "--dicom-seg", "--overlays"]) == 0
+    prediction, geometry = read_image(out / "case3.nii.gz")
+    seg = hd.seg.segread(out / "case3.dcm")
+    series = find_series(tmp_path / "dicom" / "case3")
+    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=[h.SOPInstanceUID for h in series.headers],
+                                              combine_segments=True)
+    assert np.array_equal(masks, prediction) and prediction.any()
+    assert seg.FrameOfReferenceUID == series.headers[0].FrameOfReferenceUID
+    assert seg.get_segment_description(1).segment_label == "lesion"
+    algorithm = seg.get_segment_description(1).algorithm_identification[0]
+    assert algorithm.AlgorithmName == "covtransfer" and algorithm.AlgorithmVersion
+    assert _on_grid(seg.get_volume(combine_segments=True), geometry, prediction)
+    assert plt.imread(out / "case3_overlay.png").shape[2] in (3, 4)
+
+
+def test_dicom_seg_refuses_nifti_input(tmp_path, model, capsys):
+    write_image(tmp_path / "in" / "a.nii.gz", _volume(), GEOMETRY)
+    assert run_cli(main, ["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model),
+                          "--dicom-seg"]) == 1
+    assert "a.nii.gz: --dicom-seg needs DICOM series input" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
