@@ -113,7 +113,7 @@ def write_report(folder: Path, rows: list[dict], commands: list[str], target: st
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in rows:
         history = row["histories"][0] if row["histories"] else []
-        ax.plot([r["epoch"] for r in history], [r["ema_dice"] for r in history], label=_name(row))
+        ax.plot([r["epoch"] for r in history], [r["ema_dice"] for r in history], marker=".", label=_name(row))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation pseudo Dice (moving average)")
     ax.set_title("Convergence (first fold)")

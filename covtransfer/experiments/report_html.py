@@ -24,7 +24,7 @@ REPORT_FILE = "report.html"
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #bbb;padding:3px 7px}
 th{background:#eee}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}
-h2{margin-top:1.4em;border-bottom:1px solid #ccc}pre{background:#f6f6f6;padding:.6em;font-size:12px;overflow:auto}"""
+h2{margin-top:1.4em;border-bottom:1px solid #ccc}th{text-align:left}td{word-break:break-word}"""
 
 
 def _image_tag(png: bytes, alt: str) -> str:
@@ -56,8 +56,9 @@ def _ranked_cases(row: dict) -> list[tuple[str, dict]]:
                     key=lambda c: c["dice"], reverse=True)
     if not scored:
         return []
-    picks = [("best", scored[0]), ("median", scored[len(scored) // 2]), ("worst", scored[-1])]
-    return picks[:len(scored)] if len(scored) < 3 else picks
+    if len(scored) < 3:
+        return list(zip(("best", "worst"), scored))[:len(scored)]
+    return [("best", scored[0]), ("median", scored[len(scored) // 2]), ("worst", scored[-1])]
 
 
 def _strategy_figure(folder: Path, raw: Path, row: dict) -> bytes | None:
@@ -74,14 +75,14 @@ def _strategy_figure(folder: Path, raw: Path, row: dict) -> bytes | None:
             panels.append((f"{rank}: {case['case']} (DSC {100 * case['dice']:.1f} %)", *found, prediction))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, 2 * len(panels), figsize=(2.4 * 2 * len(panels), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2 * len(panels), figsize=(2.2 * 2 * len(panels), 2.6), squeeze=False)
     for i, (title, image, reference, prediction) in enumerate(panels):
         z = int(np.argmax((reference > 0).sum(axis=(1, 2)) + (prediction > 0).sum(axis=(1, 2))))
-        draw_outline(axes[0, 2 * i], image[z], reference[z], f"{title}\nreference", "lime")
-        draw_outline(axes[0, 2 * i + 1], image[z], prediction[z], "prediction", "red")
+        draw_outline(axes[0, 2 * i], image[z], reference[z], f"{title}\nreference (green)", "lime")
+        draw_outline(axes[0, 2 * i + 1], image[z], prediction[z], "\nprediction (red)", "red")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=72)
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
 
@@ -106,7 +107,9 @@ def report_html(folder: Path, rows: list[dict], target: str, roots: Roots, paire
               "(sum of epoch times; pre-training and prediction not included)</p>"]
     record = folder / "study.json"
     if record.is_file():
-        parts.append(f"<pre>{html.escape(json.dumps(json.loads(record.read_text()), indent=1))}</pre>")
+        settings = json.loads(record.read_text())
+        parts.append("<table>" + "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(json.dumps(value))}</td>"
+                                         "</tr>" for key, value in settings.items()) + "</table>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>covtransfer study '
             f"{html.escape(target)}</title><style>{_STYLE}</style></head><body>\n" + "\n".join(parts) +
             "\n</body></html>\n")
