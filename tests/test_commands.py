@@ -1,10 +1,16 @@
 """The README's two study commands through their command-line entry points with their default device, at smoke
 scale (each in well under a minute on 2 cores), and the bad input they refuse with one line."""
 
+import base64
 import contextlib
 import csv
 import io
+import re
 import shutil
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
 
 import pytest
 import torch
@@ -81,6 +87,35 @@ def test_demo_command_with_defaults(demo_run):
     if default_parallel(torch.device("cpu")) > 1:  # each job ran as its own process, its log kept
         assert "finished train_hybrid__from_multi_fold_all" in printed
         assert (output / "seed_0" / "study" / "logs" / "pretrain_multi.log").is_file()
+
+
+def _embedded_images(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_demo_report_html_names_every_strategy_and_embeds_decodable_images(demo_run):
+    output, printed = demo_run
+    report = output / "seed_0" / "study" / "report.html"
+    assert f"report: {report}" in printed
+    page = report.read_text()
+    assert "http" not in page and "<script" not in page
+    for strategy in DEFAULT_STRATEGIES:
+        assert f"<td>{strategy}</td>" in page
+    images = _embedded_images(page)
+    assert len(images) >= 2 + len(DEFAULT_STRATEGIES)
+    for png in images:
+        assert plt.imread(io.BytesIO(png)).ndim == 3
+
+
+def test_demo_report_renders_in_headless_chromium(demo_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report_screenshot import find_browser, screenshot
+
+    if find_browser() is None:
+        pytest.skip("no Chromium on PATH")
+    shot = plt.imread(screenshot(demo_run[0] / "seed_0" / "study" / "report.html", tmp_path / "shot.png",
+                                 height=1200))
+    assert shot.shape[1] == 1280 and shot[..., :3].std() > 0.05
 
 
 def test_study_command_with_defaults(study_run):

@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "augmentation and fold ensembling. Outputs lie exactly on each input's grid, in its file format.")
     parser.add_argument("-i", "--input", required=True,
                         help="an image file, a folder of <case>_0000.<ending> files (one per channel), a folder of "
-                             "single-channel images, or a raw dataset folder (its imagesTs/ is used)")
+                             "single-channel images, a raw dataset folder (its imagesTs/ is used), or a DICOM CT "
+                             "series: a folder of .dcm files, or a folder of subfolders with one series each (each "
+                             "predicted into <folder name>.nii.gz)")
     parser.add_argument("-o", "--output", required=True, help="output folder (must not be the input folder)")
     model = parser.add_argument_group("model (either -d and -t, or -m)")
     model.add_argument("-d", "--dataset", help="dataset id or name under the results root")
@@ -38,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write <case>.npz with float16 class probabilities on the input grid")
     parser.add_argument("--postprocess", action="store_true",
                         help="apply the largest-component rules of postprocessing.json from the model folder")
+    parser.add_argument("--dicom-seg", action="store_true",
+                        help="also write <case>.dcm, a DICOM SEG referencing the source series (DICOM input only)")
+    parser.add_argument("--overlays", action="store_true",
+                        help="also write <case>_overlay.png: axial and coronal slices through the largest "
+                             "predicted component with its outline on the lung window")
     parser.add_argument("--continue", dest="skip_existing", action="store_true",
                         help="skip cases whose outputs already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -61,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     checkpoints = _checkpoints(args)
     written = predict_folder(args.input, args.output, checkpoints, device, not args.no_tta, args.step,
-                             args.save_probabilities, args.postprocess, args.skip_existing, not args.quiet)
+                             args.save_probabilities, args.postprocess, args.skip_existing, not args.quiet,
+                             args.dicom_seg, args.overlays)
     print(f"{len(written)} case(s) predicted with {len(checkpoints)} model(s) into {args.output}")
     return 0
 

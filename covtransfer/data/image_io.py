@@ -178,8 +178,12 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a 3-D image as a ``(z, y, x)`` array plus its geometry; a clear error if it is missing or unreadable.
 
     NIfTI files are checked for truncation (ITK would zero-fill them); note that ITK reads NaN/Inf in NIfTI as 0.
+    A folder is read as one DICOM CT series (:mod:`covtransfer.data.dicom_io`).
     """
     path = Path(path)
+    if path.is_dir():
+        from covtransfer.data.dicom_io import read_series
+        return read_series(path)
     if not path.is_file():
         raise CovtransferError(f"{path}: file not found")
     try:
@@ -204,8 +208,12 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[tuple[int, int, int], Geometry]:
-    """Read only the header: the ``(z, y, x)`` shape and the geometry, without loading voxel data."""
+    """Read only the header: the ``(z, y, x)`` shape and the geometry, without loading voxel data (a folder: the
+    headers of its DICOM series, checked)."""
     path = Path(path)
+    if path.is_dir():
+        from covtransfer.data.dicom_io import find_series, series_geometry
+        return series_geometry(find_series(path))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -23,6 +23,7 @@ from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.experiments.launch_local import run_study_local
 from covtransfer.experiments.report import summary_text
+from covtransfer.experiments.report_html import REPORT_FILE
 from covtransfer.experiments.seeds import SeedRun, seeds_summary_text, write_seeds_report
 from covtransfer.experiments.study import DEFAULT_STRATEGIES, Study, StudySpec
 from covtransfer.training.trainer import TrainingSettings
@@ -197,4 +198,6 @@ def print_demo_summary(result: DemoResult) -> None:
             print(f"  {path}")
     if result.across_seeds is not None:
         print(f"  {result.across_seeds / 'results.md'}")
+    for run in result.runs:
+        print(f"report: {run.folder / REPORT_FILE}")
     print(f"demo finished in {result.seconds / 60:.1f} min")

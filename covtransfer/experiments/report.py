@@ -113,7 +113,7 @@ def write_report(folder: Path, rows: list[dict], commands: list[str], target: st
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in rows:
         history = row["histories"][0] if row["histories"] else []
-        ax.plot([r["epoch"] for r in history], [r["ema_dice"] for r in history], label=_name(row))
+        ax.plot([r["epoch"] for r in history], [r["ema_dice"] for r in history], marker=".", label=_name(row))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation pseudo Dice (moving average)")
     ax.set_title("Convergence (first fold)")
@@ -147,27 +147,19 @@ def write_overlays(folder: Path, rows: list[dict], target: str, roots: Roots, n_
     raw = find_dataset(roots.raw, target)
     paths = []
     for case in cases:
-        image_path = next((p for sub in ("imagesTs", "imagesTr") for p in (raw / sub).glob(f"{case}_0000.*")), None)
-        label_path = next((p for sub in ("labelsTs", "labelsTr") for p in (raw / sub).glob(f"{case}.*")), None)
-        if image_path is None or label_path is None:
+        found = case_image_and_reference(raw, case)
+        if found is None:
             continue
-        image, _ = read_image(image_path)
-        reference, _ = read_image(label_path)
+        image, reference = found
         z = int(np.argmax((reference > 0).sum(axis=(1, 2))))
         fig, axes = plt.subplots(1, len(rows) + 1, figsize=(3 * (len(rows) + 1), 3.3))
         panels = [("reference", reference)]
         for row in rows:
-            prediction_path = next((folder / "predictions" / _run_folder(row) / f"fold_{first_fold}").glob(
-                f"{case}.*"), None)
-            if prediction_path is not None:
-                panels.append((_name(row), read_image(prediction_path)[0]))
+            prediction = read_prediction(folder, row, first_fold, case)
+            if prediction is not None:
+                panels.append((_name(row), prediction))
         for ax, (title, mask) in zip(axes, panels):
-            ax.imshow(np.clip(image[z], -1350, 150), cmap="gray")
-            if mask[z].any():
-                ax.contour(mask[z] > 0, levels=[0.5], colors="lime" if title == "reference" else "red",
-                           linewidths=0.8)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
+            draw_outline(ax, image[z], mask[z], title, "lime" if title == "reference" else "red")
         for ax in axes[len(panels):]:
             ax.axis("off")
         fig.tight_layout()
@@ -176,6 +168,30 @@ def write_overlays(folder: Path, rows: list[dict], target: str, roots: Roots, n_
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def case_image_and_reference(raw: Path, case: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first channel and the reference label map of a raw dataset case (test or training), or None."""
+    image_path = next((p for sub in ("imagesTs", "imagesTr") for p in (raw / sub).glob(f"{case}_0000.*")), None)
+    label_path = next((p for sub in ("labelsTs", "labelsTr") for p in (raw / sub).glob(f"{case}.*")), None)
+    if image_path is None or label_path is None:
+        return None
+    return read_image(image_path)[0], read_image(label_path)[0]
+
+
+def read_prediction(folder: Path, row: dict, fold: str, case: str) -> np.ndarray | None:
+    """A strategy's prediction of ``case`` in ``fold`` from the study folder, or None if there is none."""
+    path = next((folder / "predictions" / _run_folder(row) / f"fold_{fold}").glob(f"{case}.*"), None)
+    return None if path is None else read_image(path)[0]
+
+
+def draw_outline(ax, plane: np.ndarray, mask: np.ndarray, title: str, color: str) -> None:
+    """One slice on the lung window with ``mask``'s outline in ``color``."""
+    ax.imshow(np.clip(plane, -1350, 150), cmap="gray")
+    if mask.any():
+        ax.contour(mask > 0, levels=[0.5], colors=color, linewidths=0.8)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
 
 
 def _run_folder(row: dict) -> str:

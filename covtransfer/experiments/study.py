@@ -31,6 +31,7 @@ from covtransfer.experiments.jobs import AGGREGATE_JOB, Job, check_graph
 from covtransfer.experiments.paired import paired_rows
 from covtransfer.experiments.pretraining_summary import pretraining_line, pretraining_rows
 from covtransfer.experiments.report import write_report
+from covtransfer.experiments.report_html import write_html_report
 from covtransfer.experiments.study_commands import StudyCommands
 from covtransfer.experiments.study_record import (RECORD_FILE, check_reusable, check_study_folder,
                                                   checkpoint_identity, read_record, settings_identity,
@@ -364,6 +365,7 @@ class Study:
             rows[-1]["histories"] = histories
         self.paired = paired_rows(rows)
         write_report(output, rows, self.commands, target, self.roots, self.paired, self.pretraining_rows)
+        write_html_report(output, rows, target, self.roots, self.paired, self.pretraining_rows)
         return rows
 
     def job_graph(self) -> tuple[list[Job], Path, dict]:

@@ -14,10 +14,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from covtransfer.data.dicom_io import series_folders
 from covtransfer.data.image_io import SUPPORTED_ENDINGS, file_ending, read_geometry
 from covtransfer.errors import CovtransferError
 
 _CHANNEL = re.compile(r"(.+)_(\d{4})")
+# a DICOM series (a folder) is predicted into a NIfTI label map; --dicom-seg adds a DICOM SEG
+DICOM_OUTPUT_ENDING = ".nii.gz"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ def discover_cases(path: str | os.PathLike) -> list[InputCase]:
         raise CovtransferError(f"{path}: no such input file or folder")
     if (path / "imagesTs").is_dir():
         return _folder_cases(path / "imagesTs")
+    dicom = series_folders(path)
+    if dicom:
+        return [InputCase(folder.name, (folder,), DICOM_OUTPUT_ENDING) for folder in dicom]
     return _folder_cases(path)
 
 
@@ -128,4 +134,4 @@ def check_cases(cases: list[InputCase], num_channels: int) -> None:
 
 def input_folders(cases: list[InputCase]) -> set[Path]:
     """The resolved folders that hold input images (outputs may never be written there)."""
-    return {image.parent.resolve() for case in cases for image in case.images}
+    return {(image if image.is_dir() else image.parent).resolve() for case in cases for image in case.images}

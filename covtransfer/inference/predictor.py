@@ -19,7 +19,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,10 +30,12 @@ from covtransfer.atomic import atomic_path
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
 from covtransfer.inference.export import (labels_from_probabilities, probabilities_to_original, save_segmentation,
                                           segmentation_to_original)
 from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
 from covtransfer.inference.model_loading import LoadedModel, load_models
+from covtransfer.inference.overlays import write_overlay
 from covtransfer.inference.sliding_window import predict_sliding_window
 from covtransfer.network.build import unwrap_network
 from covtransfer.plans import Configuration, Plans
@@ -177,11 +179,16 @@ class CaseResult:
     properties: dict
 
 
+# writes one more output of a predicted case (a DICOM SEG, an overlay) into the output folder
+CaseWriter = Callable[[CaseResult, Path, InputCase], None]
+
+
 class Predictor:
     """Predicts cases with an ensemble of loaded models; see the module docstring for the per-case steps."""
 
     def __init__(self, models: Sequence[LoadedModel], device: torch.device | str = "auto", tta: bool = True,
-                 step: float = 0.5, save_probabilities: bool = False, postprocessing: dict | None = None):
+                 step: float = 0.5, save_probabilities: bool = False, postprocessing: dict | None = None,
+                 extra_writers: Sequence[CaseWriter] = ()):
         if not models:
             raise CovtransferError("no models to predict with")
         if not 0 < step <= 1:
@@ -194,6 +201,7 @@ class Predictor:
         self.step = step
         self.save_probabilities = save_probabilities
         self.postprocessing = postprocessing
+        self.extra_writers = list(extra_writers)
         first = self.models[0]
         self.plans, self.configuration_name = first.plans, first.configuration_name
         self.preprocessor = CasePreprocessor(first.plans, first.configuration_name)
@@ -228,13 +236,14 @@ class Predictor:
         """Read, preprocess and predict one case."""
         return self.predict_volume(*self.preprocess(case))
 
-    @staticmethod
-    def write(result: CaseResult, output_folder: Path, case: InputCase) -> None:
-        """Write the label map (and ``<case>.npz`` probabilities) atomically; probabilities first, so that an
-        existing label map means a complete case for ``--continue``."""
+    def write(self, result: CaseResult, output_folder: Path, case: InputCase) -> None:
+        """Write the label map (and ``<case>.npz`` probabilities, then the extra outputs) atomically; the label map
+        last, so that an existing label map means a complete case for ``--continue``."""
         if result.probabilities is not None:
             with atomic_path(output_folder / f"{case.case_id}.npz") as tmp:
                 np.savez_compressed(tmp, probabilities=result.probabilities)
+        for writer in self.extra_writers:
+            writer(result, output_folder, case)
         save_segmentation(output_folder / case.output_name(), result.segmentation, result.properties)
 
     def _outputs_exist(self, case: InputCase, output_folder: Path) -> bool:
@@ -288,11 +297,16 @@ class Predictor:
 def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLike,
                    checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "auto", tta: bool = True,
                    step: float = 0.5, save_probabilities: bool = False, postprocess: bool = False,
-                   skip_existing: bool = False, progress: bool = True) -> list[Path]:
-    """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``."""
+                   skip_existing: bool = False, progress: bool = True, dicom_seg: bool = False,
+                   overlays: bool = False) -> list[Path]:
+    """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``
+    (with ``dicom_seg`` also a DICOM SEG per DICOM series, with ``overlays`` a QC picture per case)."""
     cases = discover_cases(input_path)
+    if dicom_seg:
+        check_dicom_input(cases)
     device = resolve_device(device)
     models = load_models(checkpoints, device)
     rules = find_postprocessing(models) if postprocess else None
-    predictor = Predictor(models, device, tta, step, save_probabilities, rules)
+    writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + ([write_overlay] if overlays else [])
+    predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers)
     return predictor.predict_cases(cases, output_folder, skip_existing, progress)
