@@ -53,7 +53,8 @@ def _onnxruntime(path: Path, windows: torch.Tensor, count: int) -> Callable[[], 
 
 
 def levers(plans: Plans, count: int, folder: Path) -> dict[str, Callable[[], None]]:
-    """The lever functions, each forwarding ``count`` windows of the plans' patch through a seeded random network."""
+    """The lever functions, each forwarding ``count`` windows (a multiple of 4, so that every batch size divides it) of
+    the plans' patch through a seeded random network."""
     torch.manual_seed(0)
     configuration = plans.configuration("3d_fullres")
     network = build_network(configuration, 1, {"bench": 2}, deep_supervision=False).eval()
@@ -80,6 +81,7 @@ def levers(plans: Plans, count: int, folder: Path) -> dict[str, Callable[[], Non
 @torch.no_grad()
 def time_levers(plans: Plans, count: int, rounds: int = 3) -> dict:
     """Median seconds per window of each lever and its ratio to the plain forward, with the load average."""
+    count = -(-count // 4) * 4
     with tempfile.TemporaryDirectory() as folder:
         runs = levers(plans, count, Path(folder))
         start = time.perf_counter()

@@ -347,8 +347,8 @@ def main() -> None:
                              "the default path")
     parser.add_argument("--fast", action="store_true", help="also time covtransfer_predict --fast")
     parser.add_argument("--levers", type=int, metavar="WINDOWS",
-                        help="time each CPU lever alone on WINDOWS windows in this process (benchmarks/cpu_levers.py)"
-                             " and stop")
+                        help="time each CPU lever alone on WINDOWS windows (rounded up to a multiple of 4) of the "
+                             "--cpu-topology network in this process (benchmarks/cpu_levers.py), then stop")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="covtransfer_predict_bench_"))
     results = []
