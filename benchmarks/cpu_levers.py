@@ -95,6 +95,6 @@ def time_levers(plans: Plans, count: int, rounds: int = 3) -> dict:
                 run()
                 seconds[name].append((time.perf_counter() - start) / count)
     base = statistics.median(seconds["windows per forward 1"])
-    table = {name: {"seconds_per_window": round(statistics.median(v), 3), "ratio": round(statistics.median(v) / base, 2)}
-             for name, v in seconds.items()}
+    table = {name: {"seconds_per_window": round(statistics.median(v), 3),
+                    "ratio": round(statistics.median(v) / base, 2)} for name, v in seconds.items()}
     return {"windows": count, "warm_up_seconds": round(warm_up, 1), "load_average": os.getloadavg(), "levers": table}

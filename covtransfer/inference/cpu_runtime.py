@@ -78,7 +78,8 @@ class OpenVinoForward:
 
         core = openvino.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-        self._compiled = core.compile_model(core.read_model(str(export_onnx(network, task, patch, channels))), "CPU", config)
+        onnx_file = export_onnx(network, task, patch, channels)
+        self._compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU", config)
         self._request = self._compiled.create_infer_request()
 
     def __call__(self, windows: torch.Tensor, task: str | None = None) -> torch.Tensor:
