@@ -36,6 +36,9 @@ setup(
         "pydicom>=3.0",
         "highdicom>=0.23",
     ],
-    extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6", "submitit>=1.5"], "cluster": ["submitit>=1.5"]},
+    extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6", "submitit>=1.5", "openvino>=2024.0", "onnx"],
+                    "cluster": ["submitit>=1.5"],
+                    # faster CPU prediction (covtransfer.inference.cpu_runtime), used automatically when installed
+                    "cpu-fast": ["openvino>=2024.0", "onnx"]},
     entry_points={"console_scripts": [f"{name}=covtransfer.cli.{module}:entry" for name, module in COMMANDS.items()]},
 )

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from covtransfer.data.image_io import Geometry, read_geometry, write_image  # noqa: E402
+from covtransfer.data.image_io import Geometry, read_geometry, read_image, write_image  # noqa: E402
 from covtransfer.network.build import build_network  # noqa: E402
 from covtransfer.network.checkpoint import Checkpoint  # noqa: E402
 from covtransfer.network.checkpoint_io import save_checkpoint  # noqa: E402
@@ -98,7 +99,11 @@ def make_checkpoint(folder: Path, topology: str) -> Path:
     plans = make_plans(topology)
     heads = {TASK: 2}
     network = build_network(plans.configuration("3d_fullres"), 1, heads, deep_supervision=False)
-    checkpoint = Checkpoint("unet", heads, plans, "3d_fullres", network.state_dict(), {TASK: dict(plans.labels)}, TASK,
+    state = network.state_dict()
+    for name in [n for n in state if n.startswith("heads.") and n.endswith("bias")]:
+        state[name].zero_()  # no foreground prior: random weights then label a good part of the volume, so that
+        # the Dice of two prediction paths (--compare-plain, --fast) compares real label maps
+    checkpoint = Checkpoint("unet", heads, plans, "3d_fullres", state, {TASK: dict(plans.labels)}, TASK,
                             strategy={"name": "benchmark"})
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, checkpoint)
@@ -153,16 +158,25 @@ def timed_process(command: list[str], gpu: bool, env: dict | None = None) -> dic
             "peak_gpu_mib": poller.peak if poller else None}
 
 
-def run_covtransfer(case: Path, checkpoint: Path, output: Path, device: str, tta: bool) -> dict:
+def run_covtransfer(case: Path, checkpoint: Path, output: Path, device: str, tta: bool,
+                    extra: Sequence[str] = ()) -> dict:
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-m", "covtransfer.cli.predict", "-i", str(case), "-o", str(output),
-               "-m", str(checkpoint), "--device", device, "--quiet"] + ([] if tta else ["--no-tta"])
+               "-m", str(checkpoint), "--device", device, "--quiet"] + ([] if tta else ["--no-tta"]) + list(extra)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     result = timed_process(command, device == "cuda", dict(os.environ, PYTHONPATH=path))
     shape, _ = read_geometry(output / "case.nii.gz")
     if shape != read_geometry(case)[0]:
         raise RuntimeError(f"output shape {shape} differs from the input's")
     return result
+
+
+def dice(a: Path, b: Path) -> dict:
+    """Foreground Dice of two label maps (1.0 when both are empty) and their foreground voxel counts."""
+    x, y = read_image(a)[0] > 0, read_image(b)[0] > 0
+    total = int(x.sum()) + int(y.sum())
+    return {"dice_vs_default": 1.0 if total == 0 else round(2 * int((x & y).sum()) / total, 5),
+            "foreground_voxels": [int(x.sum()), int(y.sum())]}
 
 
 def breakdown(case: Path, checkpoint: Path, device: str, tta: bool, output: Path) -> dict:
@@ -298,6 +312,13 @@ def run_nnunet(predict: list[str], images: Path, model: Path, output: Path, devi
     return timed_process(command, device == "cuda", env)
 
 
+def variants(device: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """Further covtransfer runs beside the default one: the plain PyTorch path (``--compare-plain``, CPU) and
+    ``--fast``; each row also gives its Dice against the default run's label map."""
+    runs = [("plain_pytorch", ["--no-cpu-runtime"])] if args.compare_plain and device == "cpu" else []
+    return runs + ([("fast", ["--fast"])] if args.fast else [])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -321,11 +342,22 @@ def main() -> None:
     parser.add_argument("--prepare-only", action="store_true",
                         help="write the case and the checkpoints into --work, then stop")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--compare-plain", action="store_true",
+                        help="also time the plain PyTorch path (--no-cpu-runtime) on the CPU, with its Dice against "
+                             "the default path")
+    parser.add_argument("--fast", action="store_true", help="also time covtransfer_predict --fast")
+    parser.add_argument("--levers", type=int, metavar="WINDOWS",
+                        help="time each CPU lever alone on WINDOWS windows (rounded up to a multiple of 4) of the "
+                             "--cpu-topology network in this process (benchmarks/cpu_levers.py), then stop")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="covtransfer_predict_bench_"))
     results = []
     nnunet_predict = nnunet_predict_command(args.nnunet_venv, args.nnunet_python)
     nnunet_python = args.nnunet_python or (args.nnunet_venv / "bin" / "python" if args.nnunet_venv else None)
+    if args.levers:
+        from cpu_levers import time_levers
+        print(json.dumps(time_levers(make_plans(args.cpu_topology), args.levers), indent=1))
+        return
     if args.prepare_only:
         make_case(work, args.case, args.case_index)
         for device in args.devices:
@@ -350,8 +382,15 @@ def main() -> None:
                        "features": spec["features"], "mirroring": tta, **best}
                 if args.breakdown:
                     row["breakdown"] = breakdown(case, checkpoint, device, tta, work)
-                results.append(row)
-                print(json.dumps(row), flush=True)
+                rows = [row]
+                for name, extra in variants(device, args):
+                    runs = [run_covtransfer(case, checkpoint, work / name, device, tta, extra)
+                            for _ in range(args.repeats)]
+                    rows.append({**row, "variant": name, **min(runs, key=lambda r: r["seconds"]),
+                                 **dice(work / "out" / "case.nii.gz", work / name / "case.nii.gz")})
+                for row in rows:
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
                 if args.json:  # as it goes: a run cut short keeps its rows
                     args.json.write_text(json.dumps(results, indent=2) + "\n")
             if "nnunetv2" in args.tools and nnunet_predict is None and (args.nnunet_venv or args.nnunet_python):

@@ -10,7 +10,8 @@ from covtransfer.cli.common import add_device_argument, add_root_arguments, root
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.inference.model_loading import CHECKPOINT_CHOICES, checkpoint_paths, dataset_checkpoints
-from covtransfer.inference.predictor import predict_folder
+from covtransfer.inference.cpu_runtime import CPU_RUNTIME_ENV
+from covtransfer.inference.predictor import DEFAULT_STEP, FAST_STEP, predict_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fold folder(s), strategy folder(s) holding fold_* folders, or checkpoint file(s)")
     parser.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default="final",
                         help="which checkpoint of each fold (default: final)")
-    parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation (~8x faster)")
-    parser.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
+    parser.add_argument("--no-tta", "--disable-tta", dest="no_tta", action="store_true",
+                        help="disable mirroring test-time augmentation (~8x faster; nnU-Net's --disable_tta)")
+    parser.add_argument("--step", "--step-size", dest="step", type=float,
+                        help="window step as a fraction of the patch (default 0.5, 1.0 with --fast; nnU-Net's "
+                             "--step_size)")
+    parser.add_argument("--fast", action="store_true",
+                        help=f"speed preset: step {FAST_STEP} (8x fewer windows in 3-D) and no mirroring; an explicit "
+                             "--step still wins. Its accuracy cost is in documentation/prediction.md")
+    parser.add_argument("--no-cpu-runtime", action="store_true",
+                        help="on the CPU, run the plain PyTorch network even when the cpu-fast extra is installed "
+                             f"(same as {CPU_RUNTIME_ENV}=0)")
     add_device_argument(parser, "where to predict")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>.npz with float16 class probabilities on the input grid")
@@ -67,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     checkpoints = _checkpoints(args)
-    written = predict_folder(args.input, args.output, checkpoints, device, not args.no_tta, args.step,
-                             args.save_probabilities, args.postprocess, args.skip_existing, not args.quiet,
-                             args.dicom_seg, args.overlays)
+    step = args.step if args.step is not None else (FAST_STEP if args.fast else DEFAULT_STEP)
+    tta = not (args.no_tta or args.fast)
+    written = predict_folder(args.input, args.output, checkpoints, device, tta, step, args.save_probabilities,
+                             args.postprocess, args.skip_existing, not args.quiet, args.dicom_seg, args.overlays,
+                             cpu_runtime=not args.no_cpu_runtime)
     print(f"{len(written)} case(s) predicted with {len(checkpoints)} model(s) into {args.output}")
     return 0
 

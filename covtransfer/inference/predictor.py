@@ -30,18 +30,21 @@ from covtransfer.atomic import atomic_path
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
 from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
 from covtransfer.inference.export import (labels_from_probabilities, probabilities_to_original, save_segmentation,
                                           segmentation_to_original)
 from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
 from covtransfer.inference.model_loading import LoadedModel, load_models
 from covtransfer.inference.overlays import write_overlay
-from covtransfer.inference.sliding_window import predict_sliding_window
+from covtransfer.inference.sliding_window import Forward, predict_sliding_window
 from covtransfer.network.build import unwrap_network
 from covtransfer.plans import Configuration, Plans
 from covtransfer.preprocessing.preprocessor import CasePreprocessor
 
 POSTPROCESSING_FILE = "postprocessing.json"
+DEFAULT_STEP = 0.5
+FAST_STEP = 1.0  # --fast: windows touch instead of overlapping by half, 8x fewer in 3-D
 # voxels per forward pass (windows × patch voxels): a few windows on a GPU, about one reference patch on a CPU
 _VOXELS_PER_FORWARD = {"cuda": 1 << 23, "cpu": 1 << 21}
 
@@ -80,10 +83,12 @@ def _inference_mode(model: nn.Module) -> Iterator[None]:
 def predict_logits(model: nn.Module, data: np.ndarray | torch.Tensor, patch_size: Sequence[int],
                    num_classes: int | None = None, task: str | None = None,
                    device: torch.device | str | None = None, mirror_axes: Sequence[int] = (),
-                   step: float = 0.5, windows_per_batch: int | None = None) -> torch.Tensor:
+                   step: float = 0.5, windows_per_batch: int | None = None,
+                   forward: Forward | None = None) -> torch.Tensor:
     """Sliding-window logits ``(K, Z, Y, X)`` float32 of a preprocessed ``(C, Z, Y, X)`` volume, on ``device``.
 
     ``device`` defaults to that of the model's parameters; on CUDA the forward runs under bf16 autocast.
+    ``forward`` replaces the model's own forward (e.g. an :class:`OpenVinoForward` of it on the CPU).
     """
     if device is None:
         device = next(model.parameters()).device
@@ -95,8 +100,9 @@ def predict_logits(model: nn.Module, data: np.ndarray | torch.Tensor, patch_size
         windows_per_batch = default_windows_per_batch(patch_size, device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
     with _inference_mode(model):
-        return predict_sliding_window(model, volume, patch_size, num_classes, step=step, mirror_axes=mirror_axes,
-                                      windows_per_batch=windows_per_batch, task=task, autocast_dtype=autocast)
+        return predict_sliding_window(forward or model, volume, patch_size, num_classes, step=step,
+                                      mirror_axes=mirror_axes, windows_per_batch=windows_per_batch, task=task,
+                                      autocast_dtype=autocast)
 
 
 def softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -138,15 +144,31 @@ def predict_preprocessed(model: nn.Module, data: np.ndarray | torch.Tensor, conf
     return softmax_(logits)
 
 
+def compiled_forwards(models: Sequence[LoadedModel], device: torch.device,
+                      enabled: bool = True) -> list[Forward | None]:
+    """Per model, an OpenVINO forward when :func:`use_cpu_runtime` says so (exported once, reused for every case),
+    else None (the PyTorch network)."""
+    if not use_cpu_runtime(device, enabled):
+        return [None] * len(models)
+    forwards: list[Forward | None] = []
+    for model in models:
+        with _inference_mode(model.network):
+            forwards.append(OpenVinoForward(model.network, model.task, model.configuration.patch_size,
+                                            model.num_input_channels))
+    return forwards
+
+
 def ensemble_probabilities(models: Sequence[LoadedModel], data: np.ndarray | torch.Tensor, device: torch.device,
-                           tta: bool = True, step: float = 0.5) -> torch.Tensor:
-    """Mean softmax probabilities of every model (fold) for one preprocessed volume."""
+                           tta: bool = True, step: float = 0.5,
+                           forwards: Sequence[Forward | None] | None = None) -> torch.Tensor:
+    """Mean softmax probabilities of every model (fold) for one preprocessed volume (``forwards``: see
+    :func:`compiled_forwards`)."""
     volume = torch.as_tensor(data).to(device=device, dtype=torch.float32)
     total = None
-    for model in models:
+    for model, forward in zip(models, forwards or [None] * len(models)):
         probabilities = softmax_(predict_logits(model.network, volume, model.configuration.patch_size,
                                                 model.num_classes, model.task, device,
-                                                model.mirror_axes if tta else (), step))
+                                                model.mirror_axes if tta else (), step, forward=forward))
         if total is None:
             total = probabilities
         else:
@@ -187,8 +209,8 @@ class Predictor:
     """Predicts cases with an ensemble of loaded models; see the module docstring for the per-case steps."""
 
     def __init__(self, models: Sequence[LoadedModel], device: torch.device | str = "auto", tta: bool = True,
-                 step: float = 0.5, save_probabilities: bool = False, postprocessing: dict | None = None,
-                 extra_writers: Sequence[CaseWriter] = ()):
+                 step: float = DEFAULT_STEP, save_probabilities: bool = False, postprocessing: dict | None = None,
+                 extra_writers: Sequence[CaseWriter] = (), cpu_runtime: bool = True):
         if not models:
             raise CovtransferError("no models to predict with")
         if not 0 < step <= 1:
@@ -197,6 +219,7 @@ class Predictor:
         self.device = resolve_device(device)
         for model in self.models:
             model.network.to(self.device)
+        self.forwards = compiled_forwards(self.models, self.device, cpu_runtime)
         self.tta = tta
         self.step = step
         self.save_probabilities = save_probabilities
@@ -217,7 +240,8 @@ class Predictor:
 
     def predict_volume(self, data: np.ndarray, properties: dict) -> CaseResult:
         """Label map (and probabilities when asked) on the input grid of a preprocessed case."""
-        probabilities = ensemble_probabilities(self.models, data, self.device, self.tta, self.step)
+        probabilities = ensemble_probabilities(self.models, data, self.device, self.tta, self.step,
+                                               self.forwards)
         label_values = self.models[0].label_values
         full = None
         if self.save_probabilities:
@@ -296,11 +320,12 @@ class Predictor:
 
 def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLike,
                    checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "auto", tta: bool = True,
-                   step: float = 0.5, save_probabilities: bool = False, postprocess: bool = False,
+                   step: float = DEFAULT_STEP, save_probabilities: bool = False, postprocess: bool = False,
                    skip_existing: bool = False, progress: bool = True, dicom_seg: bool = False,
-                   overlays: bool = False) -> list[Path]:
+                   overlays: bool = False, cpu_runtime: bool = True) -> list[Path]:
     """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``
-    (with ``dicom_seg`` also a DICOM SEG per DICOM series, with ``overlays`` a QC picture per case)."""
+    (with ``dicom_seg`` also a DICOM SEG per DICOM series, with ``overlays`` a QC picture per case;
+    ``cpu_runtime``: OpenVINO on the CPU when installed, see :mod:`covtransfer.inference.cpu_runtime`)."""
     cases = discover_cases(input_path)
     if dicom_seg:
         check_dicom_input(cases)
@@ -308,5 +333,5 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
     models = load_models(checkpoints, device)
     rules = find_postprocessing(models) if postprocess else None
     writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + ([write_overlay] if overlays else [])
-    predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers)
+    predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers, cpu_runtime)
     return predictor.predict_cases(cases, output_folder, skip_existing, progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,10 @@ def mirror_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(sorted(axes), r)]
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor, mirror_axes: Sequence[int], task: str | None) -> torch.Tensor:
+Forward = Callable[..., torch.Tensor]
+
+
+def _forward(model: Forward, x: torch.Tensor, mirror_axes: Sequence[int], task: str | None) -> torch.Tensor:
     """Logits for a batch of windows, averaged over mirrored copies (axes are spatial: 0 = z)."""
     flips = mirror_subsets(mirror_axes)
     total = None
@@ -63,14 +66,15 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, mirror_axes: Sequence[int]
 
 
 @torch.no_grad()
-def predict_sliding_window(model: torch.nn.Module, data: torch.Tensor, patch_size: Sequence[int],
+def predict_sliding_window(model: Forward, data: torch.Tensor, patch_size: Sequence[int],
                            num_classes: int, step: float = 0.5, mirror_axes: Sequence[int] = (),
                            windows_per_batch: int = 2, task: str | None = None,
                            autocast_dtype: torch.dtype | None = None,
                            accumulate_on: torch.device | str | None = None) -> torch.Tensor:
     """Logits ``(num_classes, Z, Y, X)`` for a ``(C, Z, Y, X)`` volume, on the device of ``data`` unless redirected.
 
-    The model must return a single tensor (deep supervision off). Volumes smaller than the patch are padded with
+    The model (an ``nn.Module`` or a compiled forward such as :class:`cpu_runtime.OpenVinoForward`) must return a
+    single tensor (deep supervision off). Volumes smaller than the patch are padded with
     zeros around their centre (acvl-utils' ``pad_nd_image``, also on the GPU) and the padding is cut off again.
     ``accumulate_on`` moves the running sums elsewhere (e.g. the CPU when a huge volume does not fit on the GPU).
     """
