@@ -18,7 +18,7 @@ from covtransfer.atomic import write_text
 from covtransfer.experiments.markdown import markdown_table
 from covtransfer.experiments.paired import PAIRED_METRICS, paired_rows, paired_table
 from covtransfer.experiments.report import COLUMNS, NO_PAIRS, PAIRED_NOTE, write_csv
-from covtransfer.experiments.study import METRICS
+from covtransfer.experiments.aggregation import METRICS
 
 
 @dataclass
