@@ -22,10 +22,14 @@ from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
 from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
-from covtransfer.plans import Configuration, Plans
 
 CHECKPOINT_CHOICES = ("final", "best", "latest")
 _FOLD = re.compile(r"fold_(\d+|all)")
+
+
+def _from_checkpoint(name: str) -> property:
+    """A read-only view of one of the held checkpoint's fields."""
+    return property(lambda model: getattr(model.checkpoint, name), doc=f"The checkpoint's ``{name}``.")
 
 
 @dataclass
@@ -37,17 +41,11 @@ class LoadedModel:
     checkpoint: Checkpoint
     source: Path
 
-    @property
-    def plans(self) -> Plans:
-        return self.checkpoint.plans
-
-    @property
-    def configuration_name(self) -> str:
-        return self.checkpoint.configuration_name
-
-    @property
-    def configuration(self) -> Configuration:
-        return self.checkpoint.configuration
+    plans = _from_checkpoint("plans")
+    configuration_name = _from_checkpoint("configuration_name")
+    configuration = _from_checkpoint("configuration")
+    num_input_channels = _from_checkpoint("num_input_channels")
+    mirror_axes = _from_checkpoint("mirror_axes")
 
     @property
     def task(self) -> str:
@@ -57,14 +55,6 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return self.checkpoint.heads[self.task]
-
-    @property
-    def num_input_channels(self) -> int:
-        return self.checkpoint.num_input_channels
-
-    @property
-    def mirror_axes(self) -> tuple[int, ...]:
-        return self.checkpoint.mirror_axes
 
     @property
     def label_values(self) -> list[int]:
