@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from covtransfer.experiments.demo import CPU_SCALE, print_demo_summary, run_demo
-from covtransfer.experiments.study import DEFAULT_STRATEGIES
+from covtransfer.experiments.spec import DEFAULT_STRATEGIES
 from covtransfer.planning import planner
 
 

@@ -18,7 +18,7 @@ import torch
 from covtransfer.cli import demo, study
 from covtransfer.cli.common import run_cli
 from covtransfer.experiments.demo import SMOKE_SCALE, default_parallel, print_demo_summary, run_demo
-from covtransfer.experiments.study import DEFAULT_STRATEGIES
+from covtransfer.experiments.spec import DEFAULT_STRATEGIES
 from tiny_data import write_raw_dataset
 
 STUDY_FLAGS = ["--target", "11", "--sources", "12", "13", "--folds", "all", "--preset", "cpu", "--epochs", "1",

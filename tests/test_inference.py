@@ -79,8 +79,9 @@ class Threshold(nn.Module):
 
 
 def pointwise_model(plans: Plans, source: Path = Path("none/checkpoint_final.pt")) -> LoadedModel:
-    return LoadedModel(Threshold(), plans, "3d_fullres", "t", 2, plans.num_input_channels, (0, 1, 2), source,
-                       [0, 1])
+    checkpoint = Checkpoint("unet", {"t": 2}, plans, "3d_fullres", {}, {"t": {"background": 0, "lesion": 1}}, "t",
+                            (0, 1, 2))
+    return LoadedModel(Threshold(), checkpoint, source)
 
 
 # --------------------------------------------------------------------------------------- sliding window

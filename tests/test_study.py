@@ -8,7 +8,9 @@ import pytest
 
 from covtransfer.config import Roots
 from covtransfer.errors import CovtransferError
-from covtransfer.experiments.study import Study, StudySpec, aggregate, convergence_epoch
+from covtransfer.experiments.aggregation import aggregate, convergence_epoch
+from covtransfer.experiments.spec import StudySpec
+from covtransfer.experiments.study import Study
 from covtransfer.training.trainer import TrainingSettings
 from tiny_data import FINGERPRINT_VOXELS, write_raw_dataset
 

@@ -16,7 +16,8 @@ from covtransfer.config import Roots
 from covtransfer.experiments import launch_local
 from covtransfer.experiments.jobs import Job, done_states, python_argv
 from covtransfer.experiments.launch_slurm import SlurmOptions, submit_slurm
-from covtransfer.experiments.study import Study, StudySpec
+from covtransfer.experiments.spec import StudySpec
+from covtransfer.experiments.study import Study
 from covtransfer.training.trainer import TrainingSettings
 from test_commands import STUDY_FLAGS, _refused, _roots, _run
 from tiny_data import write_raw_dataset

@@ -14,7 +14,8 @@ from covtransfer.cli.study_launch import add_launcher_arguments, check_launcher_
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.experiments.report import summary_text
-from covtransfer.experiments.study import DEFAULT_STRATEGIES, Study, StudySpec
+from covtransfer.experiments.spec import DEFAULT_STRATEGIES, StudySpec
+from covtransfer.experiments.study import Study
 from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
 from covtransfer.training.trainer import TrainingSettings
 

@@ -25,7 +25,8 @@ from covtransfer.experiments.launch_local import run_study_local
 from covtransfer.experiments.report import summary_text
 from covtransfer.experiments.report_html import REPORT_FILE
 from covtransfer.experiments.seeds import SeedRun, seeds_summary_text, write_seeds_report
-from covtransfer.experiments.study import DEFAULT_STRATEGIES, Study, StudySpec
+from covtransfer.experiments.spec import DEFAULT_STRATEGIES, StudySpec
+from covtransfer.experiments.study import Study
 from covtransfer.training.trainer import TrainingSettings
 
 TARGET, TUMOR, EFFUSION = 501, 502, 503

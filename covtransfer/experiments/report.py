@@ -13,7 +13,7 @@ import numpy as np
 from covtransfer.atomic import atomic_path, write_text
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.image_io import read_image
-from covtransfer.experiments.markdown import markdown_table
+from covtransfer.experiments.markdown import markdown_table, mean_sd_cell
 from covtransfer.experiments.paired import N_RESAMPLES, paired_table
 from covtransfer.experiments.pretraining_summary import pretraining_table
 
@@ -29,18 +29,13 @@ def _number(value: float) -> str:
     return f"{value:.1f}" if np.isfinite(value) else "n/a"
 
 
-def _percent(mean: float, std: float) -> str:
-    """``mean ± std`` in percent; ``n/a`` where undefined (e.g. precision when nothing was predicted)."""
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if np.isfinite(mean) else "n/a"
-
-
 def results_table(rows: list[dict]) -> str:
     """The results as a Markdown table (metrics in %, mean ± std over all test cases of all folds)."""
     header = ["pre-training", "strategy", "cases"] + [c for c, _ in COLUMNS] + ["train min/fold", "conv. epoch"]
     table = []
     for row in rows:
         cells = [row["pretraining"], row["strategy"], str(row["num_cases"])]
-        cells += [_percent(row[f"{m}_mean"], row[f"{m}_std"]) for _, m in COLUMNS]
+        cells += [mean_sd_cell(row[f"{m}_mean"], row[f"{m}_std"]) for _, m in COLUMNS]
         cells += [_number(row["training_minutes"]), _number(row["convergence_epoch"])]
         table.append(cells)
     return markdown_table(header, table)

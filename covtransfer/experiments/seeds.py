@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from covtransfer.atomic import write_text
-from covtransfer.experiments.markdown import markdown_table
+from covtransfer.experiments.markdown import markdown_table, mean_sd_cell
 from covtransfer.experiments.paired import PAIRED_METRICS, paired_rows, paired_table
 from covtransfer.experiments.report import COLUMNS, NO_PAIRS, PAIRED_NOTE, write_csv
-from covtransfer.experiments.study import METRICS
+from covtransfer.experiments.aggregation import METRICS
 
 
 @dataclass
@@ -84,21 +84,14 @@ def pretraining_across_seeds(runs: list[SeedRun]) -> list[dict]:
     return out
 
 
-def _cell(mean: float, sd: float, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
-    if not math.isfinite(mean):
-        return "n/a"
-    text = f"{scale * mean:{'+' if signed else ''}.{digits}f}"
-    return text + (f" ± {scale * sd:.{digits}f}" if math.isfinite(sd) else "")
-
-
 def seeds_table(rows: list[dict]) -> str:
     """The across-seeds rows as a Markdown table (metrics in %, Δ in percentage points; mean ± sd across seeds)."""
     header = ["pre-training", "strategy", "seeds"] + [c for c, _ in COLUMNS] + ["Δ DSC (pp)", "Δ NSD (pp)"]
     table = []
     for row in rows:
         cells = [row["pretraining"], row["strategy"], str(row["seeds"])]
-        cells += [_cell(row[f"{m}_mean"], row[f"{m}_sd"]) for _, m in COLUMNS]
-        cells += [_cell(row[f"delta_{m}_mean"], row[f"delta_{m}_sd"], signed=True) for m in PAIRED_METRICS]
+        cells += [mean_sd_cell(row[f"{m}_mean"], row[f"{m}_sd"]) for _, m in COLUMNS]
+        cells += [mean_sd_cell(row[f"delta_{m}_mean"], row[f"delta_{m}_sd"], signed=True) for m in PAIRED_METRICS]
         table.append(cells)
     return markdown_table(header, table)
 
@@ -107,7 +100,7 @@ def pretraining_seeds_table(rows: list[dict]) -> str:
     """Final EMA pseudo Dice per source across seeds as a Markdown table."""
     lines = ["| pre-training | source | seeds | final EMA pseudo Dice |", "|---|---|---|---|"]
     lines += [f"| {r['pretraining']} | {r['source']} | {r['seeds']} | "
-              f"{_cell(r['final_ema_mean'], r['final_ema_sd'], scale=1.0, digits=3)} |" for r in rows]
+              f"{mean_sd_cell(r['final_ema_mean'], r['final_ema_sd'], scale=1.0, digits=3)} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -4,12 +4,10 @@ that running it by hand, in another process or on another machine does exactly w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from covtransfer.config import Roots
+from covtransfer.experiments.spec import StudySpec
 from covtransfer.training.trainer import TrainingSettings
-
-if TYPE_CHECKING:
-    from covtransfer.experiments.study import Study
 
 DEFAULT_CONFIGURATION = "3d_fullres"
 DEFAULTS = TrainingSettings()
@@ -18,9 +16,8 @@ DEFAULTS = TrainingSettings()
 class StudyCommands:
     """Builds the argument lists of one study's jobs (``argv[0]`` is the ``covtransfer_*`` command)."""
 
-    def __init__(self, study: "Study", output: Path):
-        self.spec, self.study = study.spec, study
-        roots = study.roots
+    def __init__(self, spec: StudySpec, roots: Roots, device: str, output: Path):
+        self.spec, self.device = spec, device
         self.roots = ["--raw", str(Path(roots.raw).absolute()), "--preprocessed",
                       str(Path(roots.preprocessed).absolute()), "--results", str(Path(roots.results).absolute())]
         self.output = str(Path(output).absolute())
@@ -60,5 +57,5 @@ class StudyCommands:
 
     def study_job(self, name: str) -> list[str]:
         """``covtransfer_study --job NAME``: one predict or aggregate job of the study recorded in the folder."""
-        return ["covtransfer_study", "--job", name, "-o", self.output, "--device", self.study.settings.device] + \
+        return ["covtransfer_study", "--job", name, "-o", self.output, "--device", self.device] + \
             self.roots

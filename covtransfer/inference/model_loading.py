@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,30 +20,45 @@ from covtransfer.config import find_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
+from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
-from covtransfer.plans import Configuration, Plans
 
 CHECKPOINT_CHOICES = ("final", "best", "latest")
 _FOLD = re.compile(r"fold_(\d+|all)")
 
 
+def _from_checkpoint(name: str) -> property:
+    """A read-only view of one of the held checkpoint's fields."""
+    return property(lambda model: getattr(model.checkpoint, name), doc=f"The checkpoint's ``{name}``.")
+
+
 @dataclass
 class LoadedModel:
-    """A network rebuilt from a checkpoint, with what prediction and export need to know about it."""
+    """A network rebuilt from a checkpoint, holding the checkpoint (less its weights and optimizer state, which live
+    in the network or are not needed) for what prediction and export need to know about it."""
 
     network: nn.Module
-    plans: Plans
-    configuration_name: str
-    task: str
-    num_classes: int
-    num_input_channels: int
-    mirror_axes: tuple[int, ...]
+    checkpoint: Checkpoint
     source: Path
-    label_values: list[int]
+
+    plans = _from_checkpoint("plans")
+    configuration_name = _from_checkpoint("configuration_name")
+    configuration = _from_checkpoint("configuration")
+    num_input_channels = _from_checkpoint("num_input_channels")
+    mirror_axes = _from_checkpoint("mirror_axes")
 
     @property
-    def configuration(self) -> Configuration:
-        return self.plans.configuration(self.configuration_name)
+    def task(self) -> str:
+        """The head that predicts."""
+        return self.checkpoint.predict_head
+
+    @property
+    def num_classes(self) -> int:
+        return self.checkpoint.heads[self.task]
+
+    @property
+    def label_values(self) -> list[int]:
+        return self.checkpoint.label_values(self.task)
 
     @property
     def run_folder(self) -> Path:
@@ -120,9 +135,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     checkpoint = load_checkpoint(path)
     network = build_from_checkpoint(checkpoint, deep_supervision=False, source=path)
     network.eval().to(device)
-    task = checkpoint.predict_head
-    return LoadedModel(network, checkpoint.plans, checkpoint.configuration_name, task, checkpoint.heads[task],
-                       checkpoint.num_input_channels, checkpoint.mirror_axes, path, checkpoint.label_values(task))
+    return LoadedModel(network, replace(checkpoint, state_dict={}, optimizer=None, grad_scaler=None, rng=None), path)
 
 
 def check_ensemble(models: Sequence[LoadedModel]) -> None:

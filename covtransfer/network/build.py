@@ -8,28 +8,15 @@ the trainer.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from covtransfer.errors import CovtransferError
-from covtransfer.network.hybrid import HybridUNet
-from covtransfer.network.unet import SegmentationNetwork, UNet
+from covtransfer.network.checkpoint import Checkpoint
+from covtransfer.network.kinds import network_class
 from covtransfer.plans import Configuration
 
-if TYPE_CHECKING:  # the checkpoint type validates network kinds against this module
-    from covtransfer.network.checkpoint import Checkpoint
-
-NETWORKS: dict[str, type[SegmentationNetwork]] = {"unet": UNet, "hybrid": HybridUNet}
 SPEC_KEYS = ("kind", "num_input_channels", "heads", "configuration")
-
-
-def network_class(kind: str) -> type[SegmentationNetwork]:
-    """The network class of a kind (``unet`` or ``hybrid``)."""
-    if kind not in NETWORKS:
-        raise CovtransferError(f"unknown network kind {kind!r} (known: {', '.join(NETWORKS)})")
-    return NETWORKS[kind]
 
 
 def build_network(configuration: Configuration, num_input_channels: int, heads: dict[str, int], kind: str = "unet",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from covtransfer.errors import CovtransferError
-from covtransfer.network.build import NETWORKS
+from covtransfer.network.kinds import NETWORKS
 from covtransfer.plans import Configuration, Plans
 
 FORMAT = "covtransfer-checkpoint"

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.nn.functional import all_reduce
 
 
 def _labels(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -38,6 +40,8 @@ class DiceCELoss(nn.Module):
     Soft Dice is computed on the softmax over the foreground classes only, per sample and class (``batch_dice``
     False, nnU-Net's default for 3D) or per class over the whole batch, as ``(2 I + smooth) / (P + G + smooth)``,
     then averaged. Voxels labelled ``ignore_index`` count in neither term; if all are ignored the CE term is 0.
+    Under torch.distributed the batch Dice's ``I`` and ``P + G`` are summed over every rank's share of the global
+    batch (see :func:`global_sums`), so each rank optimises the Dice of the global batch.
     """
 
     def __init__(self, batch_dice: bool = False, smooth: float = 1e-5, ignore_index: int | None = None,
@@ -77,8 +81,20 @@ class DiceCELoss(nn.Module):
         if self.batch_dice:
             axes = (0,) + axes
         intersection = (probabilities * truth).sum(axes)
-        denominator = probabilities.sum(axes) + truth.sum(axes) + self.smooth
+        total = probabilities.sum(axes) + truth.sum(axes)
+        if self.batch_dice:
+            intersection, total = global_sums(intersection, total)
+        denominator = total + self.smooth
         return ((2 * intersection + self.smooth) / denominator.clamp(min=1e-8)).mean()
+
+
+def global_sums(*terms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each term summed over the ranks of torch.distributed (unchanged in a single process). The all-reduce is
+    autograd-aware: its backward sums every rank's gradient of the global terms, so with DDP's gradient averaging
+    a step gets the gradient of the one-process loss on the concatenated batch."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return terms
+    return tuple(all_reduce(torch.stack(terms)).unbind(0))
 
 
 def deep_supervision_weights(n: int) -> list[float]:
