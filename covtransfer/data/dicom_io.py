@@ -17,7 +17,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.misc import is_dicom
 
-from covtransfer.data.image_io import Geometry
+from covtransfer.data.geometry import Geometry
 from covtransfer.errors import CovtransferError
 
 # tolerances: direction cosines, and the relative deviation of one slice gap from the median gap

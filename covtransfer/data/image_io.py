@@ -11,43 +11,18 @@ import gzip
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from covtransfer.atomic import atomic_path
+from covtransfer.data.dicom_io import find_series, read_series, series_geometry
+from covtransfer.data.geometry import Geometry
 from covtransfer.errors import CovtransferError
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-
-
-@dataclass
-class Geometry:
-    """Where an array lies in physical space: spacing (z, y, x) in mm, origin and direction in ITK (x, y, z) order."""
-
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[float, ...] = field(default=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-
-    def to_dict(self) -> dict:
-        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Geometry":
-        return cls(tuple(float(v) for v in d["spacing"]), tuple(float(v) for v in d["origin"]),
-                   tuple(float(v) for v in d["direction"]))
-
-    def matches(self, other: "Geometry", tolerance: float = 1e-3) -> bool:
-        """True when spacing, origin and direction agree within a relative/absolute ``tolerance``."""
-        return all(np.allclose(a, b, rtol=tolerance, atol=tolerance) for a, b in (
-            (self.spacing, other.spacing), (self.origin, other.origin), (self.direction, other.direction)))
-
-    def mismatches(self, other: "Geometry", tolerance: float = 1e-3) -> list[str]:
-        """Names of the geometry fields that differ beyond ``tolerance`` (empty when they match)."""
-        return [name for name in ("spacing", "origin", "direction")
-                if not np.allclose(getattr(self, name), getattr(other, name), rtol=tolerance, atol=tolerance)]
 
 
 def file_ending(path: str | os.PathLike) -> str:
@@ -182,7 +157,6 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """
     path = Path(path)
     if path.is_dir():
-        from covtransfer.data.dicom_io import read_series
         return read_series(path)
     if not path.is_file():
         raise CovtransferError(f"{path}: file not found")
@@ -212,7 +186,6 @@ def read_geometry(path: str | os.PathLike) -> tuple[tuple[int, int, int], Geomet
     headers of its DICOM series, checked)."""
     path = Path(path)
     if path.is_dir():
-        from covtransfer.data.dicom_io import find_series, series_geometry
         return series_geometry(find_series(path))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

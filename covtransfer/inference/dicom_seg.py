@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -18,11 +17,9 @@ import covtransfer
 from covtransfer.atomic import atomic_path
 from covtransfer.data.dicom_io import DicomSeries, find_series
 from covtransfer.errors import CovtransferError
+from covtransfer.inference.case_result import CaseResult
 from covtransfer.inference.inputs import InputCase
 from covtransfer.inference.model_loading import LoadedModel
-
-if TYPE_CHECKING:
-    from covtransfer.inference.predictor import CaseResult
 
 
 def _segments(labels: dict[str, int], model_name: str) -> list[hd.seg.SegmentDescription]:

@@ -7,17 +7,14 @@ through its centre, each with the prediction's outline; a case without foregroun
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from covtransfer.atomic import atomic_path
 from covtransfer.data.image_io import read_image
+from covtransfer.inference.case_result import CaseResult
 from covtransfer.inference.inputs import InputCase
-
-if TYPE_CHECKING:
-    from covtransfer.inference.predictor import CaseResult
 
 LUNG_WINDOW = (-1350.0, 150.0)  # width 1500 HU, level -600 HU
 

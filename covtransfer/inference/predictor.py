@@ -17,9 +17,8 @@ import contextlib
 import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ from covtransfer.atomic import atomic_path
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from covtransfer.inference.case_result import CaseResult, CaseWriter
 from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
 from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
 from covtransfer.inference.export import (labels_from_probabilities, probabilities_to_original, save_segmentation,
@@ -192,17 +192,6 @@ def find_postprocessing(models: Sequence[LoadedModel]) -> dict:
                            "on the validation predictions first (or leave out --postprocess)")
 
 
-@dataclass
-class CaseResult:
-    """A predicted case on the input grid: the label map, optionally probabilities, and the preprocessing record."""
-
-    segmentation: np.ndarray
-    probabilities: np.ndarray | None
-    properties: dict
-
-
-# writes one more output of a predicted case (a DICOM SEG, an overlay) into the output folder
-CaseWriter = Callable[[CaseResult, Path, InputCase], None]
 
 
 class Predictor:
