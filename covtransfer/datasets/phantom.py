@@ -45,6 +45,8 @@ class SizeSpec:
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec((24, 32), (48, 60), (52, 64), (4.6, 6.0), (5.0, 7.0), (140.0, 200.0)),
     "small": SizeSpec((40, 56), (96, 120), (104, 128), (2.5, 3.2), (3.5, 5.0), (170.0, 250.0)),
+    # small's in-plane grid under thick 5-7 mm slices, as in older or low-dose protocols
+    "thick": SizeSpec((28, 40), (96, 120), (104, 128), (2.5, 3.2), (5.0, 7.0), (170.0, 250.0)),
     "clinical": SizeSpec((150, 260), (512, 512), (512, 512), (0.6, 0.8), (1.0, 2.5), (260.0, 340.0),
                          render_spacing=(2.2, 1.4, 1.4)),
 }
