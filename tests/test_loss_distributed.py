@@ -2,7 +2,7 @@
 and the gradients of one process on the whole batch, because the Dice terms are summed over ranks."""
 
 import os
-import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -35,8 +35,10 @@ def _loss(network: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tor
     return DiceCELoss(batch_dice=True, ignore_index=255)(network(images), labels)
 
 
-def _rank(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _rank(rank: int, out: str) -> None:
+    # a file store, not a TCP port: no port can be taken by another process between choosing and binding it
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'store')}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=120))
     try:
         torch.set_num_threads(1)
         model = DistributedDataParallel(_network())
@@ -51,15 +53,9 @@ def _rank(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_rank_batch_dice_matches_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(str(tmp_path),), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     network = _network()
     loss = _loss(network, *_batch())
