@@ -33,6 +33,7 @@ setup(
         "acvl-utils",
         "tqdm",
         "matplotlib",
+        "psutil",
     ],
     extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6", "submitit>=1.5"], "cluster": ["submitit>=1.5"]},
     entry_points={"console_scripts": [f"{name}=covtransfer.cli.{module}:entry" for name, module in COMMANDS.items()]},

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covtransfer.data.image_io import SUPPORTED_ENDINGS, file_ending, read_geometry
+from covtransfer.data.scan_checks import check_header
 from covtransfer.errors import CovtransferError
 
 _CHANNEL = re.compile(r"(.+)_(\d{4})")
@@ -119,7 +120,10 @@ def check_cases(cases: list[InputCase], num_channels: int) -> None:
                 detail = f"case {case.case_id} has {len(case.images)} channel file(s)"
             raise CovtransferError(f"{case.images[0]}: {detail} but the model expects {num_channels} "
                                    f"(channel files <case>_0000{case.ending} ... _{num_channels - 1:04d})")
-        shapes = [read_geometry(image)[0] for image in case.images]
+        geometries = [read_geometry(image) for image in case.images]
+        for image, (shape, geometry) in zip(case.images, geometries):
+            check_header(image, shape, geometry.spacing, geometry.direction)
+        shapes = [shape for shape, _ in geometries]
         for image, shape in zip(case.images[1:], shapes[1:]):
             if shape != shapes[0]:
                 raise CovtransferError(f"{image}: shape {list(shape)} differs from {list(shapes[0])} of "
