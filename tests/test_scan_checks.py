@@ -31,10 +31,10 @@ def test_plausible_headers_pass_including_a_10_mm_slice_stack():
 
 def test_non_finite_voxels_and_huge_resampling_are_refused():
     array = np.zeros((4, 4, 4), np.float32)
-    check_voxels("a.nii.gz", array)
+    check_voxels("a.mha", array)
     array[1] = np.nan
-    with pytest.raises(CovtransferError, match="a.nii.gz: 16 NaN"):
-        check_voxels("a.nii.gz", array)
+    with pytest.raises(CovtransferError, match="a.mha: 16 NaN"):
+        check_voxels("a.mha", array)
     with pytest.raises(CovtransferError, match="GiB"):
         check_resampled_memory("a.nii.gz", (10**5, 10**5, 10**5))
 

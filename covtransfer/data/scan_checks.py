@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import psutil
 
+from covtransfer.data.image_io import count_nonfinite_nifti, file_ending
 from covtransfer.errors import CovtransferError
 
 SPACING_RANGE_MM = (0.05, 20.0)
@@ -49,13 +50,16 @@ def check_direction(path: str | os.PathLike, direction: Sequence[float]) -> None
 
 
 def check_voxels(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Refuse NaN or infinite voxels: a segmentation of undefined intensities is meaningless."""
-    if np.issubdtype(array.dtype, np.floating):
-        nan = int(np.isnan(array).sum())
-        inf = int(np.isinf(array).sum())
-        if nan or inf:
-            raise CovtransferError(f"{path}: {nan} NaN and {inf} infinite voxel(s): the scan is corrupt or was "
-                                   f"exported with undefined padding")
+    """Refuse NaN or infinite voxels: a segmentation of undefined intensities is meaningless (ITK reads NaN in
+    NIfTI as 0, so NIfTI files are counted from their raw voxel data)."""
+    nan = inf = 0
+    if file_ending(path) in (".nii", ".nii.gz"):
+        nan, inf = count_nonfinite_nifti(path)
+    elif np.issubdtype(array.dtype, np.floating):
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    if nan or inf:
+        raise CovtransferError(f"{path}: {nan} NaN and {inf} infinite voxel(s): the scan is corrupt or was "
+                               f"exported with undefined padding")
 
 
 def check_resampled_memory(path: str | os.PathLike, new_shape: Sequence[int], channels: int = 1) -> None:
