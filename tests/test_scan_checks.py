@@ -43,3 +43,13 @@ def test_check_cases_refuses_a_scan_in_cm(tmp_path):
     write_image(tmp_path / "x.nii.gz", np.zeros((4, 8, 8), np.float32), Geometry((50.0, 50.0, 50.0), (0, 0, 0), IDENTITY))
     with pytest.raises(CovtransferError, match="x.nii.gz: spacing 50.0 mm is above 20.0 mm: the header may be in cm"):
         check_cases(discover_cases(tmp_path), 1)
+
+
+def test_spacing_refusal_names_the_flag_and_the_flag_warns_instead(capsys):
+    with pytest.raises(CovtransferError, match="pass --allow-spacing"):
+        check_header("scan.nii.gz", (8, 8, 8), (50.0, 50.0, 50.0), IDENTITY)
+    check_header("scan.nii.gz", (8, 8, 8), (50.0, 50.0, 50.0), IDENTITY, allow_spacing=True)
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: scan.nii.gz: spacing 50.0 mm") and "\n" not in warning
+    with pytest.raises(CovtransferError, match="direction matrix"):
+        check_header("scan.nii.gz", (8, 8, 8), (1.0, 1.0, 1.0), (1.0, 0, 0, 1.0, 0, 0, 0, 0, 1.0), allow_spacing=True)

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="apply the largest-component rules of postprocessing.json from the model folder")
     parser.add_argument("--continue", dest="skip_existing", action="store_true",
                         help="skip cases whose outputs already exist")
+    parser.add_argument("--allow-spacing", action="store_true",
+                        help="warn instead of refusing a spacing outside 0.05-20 mm or an extent over 2 m")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_root_arguments(parser)
     return parser
@@ -61,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     checkpoints = _checkpoints(args)
     written = predict_folder(args.input, args.output, checkpoints, device, not args.no_tta, args.step,
-                             args.save_probabilities, args.postprocess, args.skip_existing, not args.quiet)
+                             args.save_probabilities, args.postprocess, args.skip_existing, not args.quiet,
+                             args.allow_spacing)
     print(f"{len(written)} case(s) predicted with {len(checkpoints)} model(s) into {args.output}")
     return 0
 

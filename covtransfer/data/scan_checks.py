@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -73,8 +74,12 @@ def check_resampled_memory(path: str | os.PathLike, new_shape: Sequence[int], ch
 
 def check_header(path: str | os.PathLike, shape: Sequence[int], spacing: Sequence[float],
                  direction: Sequence[float], allow_spacing: bool = False) -> None:
-    """All header checks of one scan; ``allow_spacing`` skips the spacing and extent range."""
-    if not allow_spacing:
+    """All header checks of one scan; ``allow_spacing`` turns the spacing and extent refusal into a warning."""
+    try:
         check_spacing(path, spacing)
         check_extent(path, shape, spacing)
+    except CovtransferError as exc:
+        if not allow_spacing:
+            raise CovtransferError(f"{exc} (pass --allow-spacing to go on anyway)") from None
+        print(f"warning: {exc}; going on (--allow-spacing)", file=sys.stderr)
     check_direction(path, direction)

@@ -106,7 +106,7 @@ def discover_cases(path: str | os.PathLike) -> list[InputCase]:
     return _folder_cases(path)
 
 
-def check_cases(cases: list[InputCase], num_channels: int) -> None:
+def check_cases(cases: list[InputCase], num_channels: int, allow_spacing: bool = False) -> None:
     """Refuse cases whose channel count differs from the model's, and any image whose header cannot be read.
 
     Reading only headers is cheap and catches unreadable files before the first output is written; channel files
@@ -122,7 +122,7 @@ def check_cases(cases: list[InputCase], num_channels: int) -> None:
                                    f"(channel files <case>_0000{case.ending} ... _{num_channels - 1:04d})")
         geometries = [read_geometry(image) for image in case.images]
         for image, (shape, geometry) in zip(case.images, geometries):
-            check_header(image, shape, geometry.spacing, geometry.direction)
+            check_header(image, shape, geometry.spacing, geometry.direction, allow_spacing)
         shapes = [shape for shape, _ in geometries]
         for image, shape in zip(case.images[1:], shapes[1:]):
             if shape != shapes[0]:

@@ -244,7 +244,7 @@ class Predictor:
         return done
 
     def predict_cases(self, cases: Sequence[InputCase], output_folder: str | os.PathLike,
-                      skip_existing: bool = False, progress: bool = True) -> list[Path]:
+                      skip_existing: bool = False, progress: bool = True, allow_spacing: bool = False) -> list[Path]:
         """Predict and write every case (skipping finished ones with ``skip_existing``); returns the files written.
 
         Inputs are checked first (channel count, readable headers) so a bad input stops the run before any output.
@@ -253,7 +253,7 @@ class Predictor:
         if output_folder.resolve() in input_folders(list(cases)):
             raise CovtransferError(f"{output_folder}: the output folder is the input folder; choose another so "
                                    "inputs are never overwritten")
-        check_cases(list(cases), self.num_input_channels)
+        check_cases(list(cases), self.num_input_channels, allow_spacing)
         todo = [c for c in cases if not (skip_existing and self._outputs_exist(c, output_folder))]
         prefetch = self.device.type == "cuda"
         written: list[Path] = []
@@ -288,11 +288,11 @@ class Predictor:
 def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLike,
                    checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "auto", tta: bool = True,
                    step: float = 0.5, save_probabilities: bool = False, postprocess: bool = False,
-                   skip_existing: bool = False, progress: bool = True) -> list[Path]:
+                   skip_existing: bool = False, progress: bool = True, allow_spacing: bool = False) -> list[Path]:
     """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``."""
     cases = discover_cases(input_path)
     device = resolve_device(device)
     models = load_models(checkpoints, device)
     rules = find_postprocessing(models) if postprocess else None
     predictor = Predictor(models, device, tta, step, save_probabilities, rules)
-    return predictor.predict_cases(cases, output_folder, skip_existing, progress)
+    return predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
