@@ -35,6 +35,7 @@ setup(
         "matplotlib",
         "pydicom>=3.0",
         "highdicom>=0.23",
+        "psutil",
     ],
     extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6", "submitit>=1.5", "openvino>=2024.0", "onnx"],
                     "cluster": ["submitit>=1.5"],

@@ -442,3 +442,26 @@ def test_cuda_prediction_matches_the_cpu(tmp_path):
     difference = np.abs(results["cpu"].probabilities.astype(np.float32) - results["cuda"].probabilities)
     assert results["cuda"].segmentation.shape == (20, 40, 36) and difference.max() < 0.05
     assert (results["cpu"].segmentation == results["cuda"].segmentation).mean() > 0.99
+
+
+@pytest.mark.parametrize("spacing, nan_slab, needle", [
+    ((50.0, 50.0, 50.0), False, "spacing 50.0 mm is above 20.0 mm: the header may be in cm"),
+    ((3.0, 0.8, 0.9), True, "NaN"),
+])
+def test_predict_command_refuses_cm_spacing_and_nan_voxels_writing_nothing(tmp_path, results, capsys, spacing,
+                                                                          nan_slab, needle):
+    images = tmp_path / "images"
+    write_case(images, "a", geometry=Geometry(spacing, (0.0, 0.0, 0.0), FLIPPED))
+    if nan_slab:
+        path = images / "a_0000.nii.gz"
+        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        array = sitk.GetArrayFromImage(image)
+        array[0] = np.nan
+        nan_image = sitk.GetImageFromArray(array)
+        nan_image.CopyInformation(image)
+        sitk.WriteImage(nan_image, str(path))
+    code = run_cli(main, ["-i", str(images), "-o", str(tmp_path / "out"), "-d", "1", "-t", "scratch",
+                          "--results", str(results), "--quiet"])
+    message = capsys.readouterr().err.strip()
+    assert code != 0 and needle in message and "a_0000.nii.gz" in message and "\n" not in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -16,7 +16,7 @@ from scipy import ndimage
 import covtransfer.preprocessing
 from covtransfer.cli.common import run_cli
 from covtransfer.cli.plan_and_preprocess import main as plan_and_preprocess_main
-from covtransfer.data.image_io import Geometry, write_image
+from covtransfer.data.image_io import Geometry, read_image, write_image
 from covtransfer.errors import CovtransferError
 from covtransfer.plans import ChannelNormalization, Configuration, Plans, ResamplingSettings
 from covtransfer.preprocessing.normalization import normalize
@@ -413,3 +413,15 @@ def test_preprocessing_imports_no_planner():
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not [n for n in names if n.startswith("covtransfer.planning")], f"{path.name} imports {names}"
+
+
+def test_cli_refuses_a_cm_spacing_unless_allowed(tmp_path):
+    raw = write_raw_dataset(tmp_path / "raw", 1, "Test")
+    for path in (raw / "imagesTr" / "test_000_0000.nii.gz", raw / "labelsTr" / "test_000.nii.gz"):
+        array, geometry = read_image(path)
+        write_image(path, array, Geometry((50.0, 50.0, 50.0), geometry.origin, geometry.direction))
+    with pytest.raises(CovtransferError, match="spacing 50.0 mm is above 20.0 mm"):
+        plan_and_preprocess_main(["-d", "1", "-np", "1", *roots_args(tmp_path)])
+    assert not (tmp_path / "pre").exists()
+    assert plan_and_preprocess_main(["-d", "1", "-np", "1", "--plan-only", "--allow-spacing",
+                                     *roots_args(tmp_path)]) == 0

@@ -371,3 +371,9 @@ def test_cli_lists_problems_one_per_line(dataset, capsys, monkeypatch):
 def test_cli_unknown_dataset_is_an_error(tmp_path, capsys):
     assert run_cli(main, ["-d", "7", "--raw", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no dataset with id 7")
+
+
+def test_implausible_spacing_is_a_problem(dataset):
+    write_image(dataset / "imagesTr" / "case_000_0000.nii.gz", _image(0), Geometry((50.0, 50.0, 50.0)))
+    problems = verify_dataset(dataset).problems
+    assert any(p.startswith("imagesTr/case_000_0000.nii.gz: spacing 50.0 mm is above 20.0 mm") for p in problems)

@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "fewer use less memory and time)")
     parser.add_argument("--overwrite", action="store_true", help="redo the fingerprint and every case")
     parser.add_argument("--no-verify", action="store_true", help="skip the dataset check")
+    parser.add_argument("--allow-spacing", action="store_true",
+                        help="accept a spacing outside 0.05-20 mm or an extent over 2 m in the dataset check")
     parser.add_argument("--plan-only", action="store_true", help="write the fingerprint and plans, do not preprocess")
     add_root_arguments(parser)
     args = parser.parse_args(argv)
@@ -58,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   gpu_memory_gb=args.gpu_memory_gb, preset=args.preset,
                                   configurations=args.configurations, num_processes=args.num_processes,
                                   fingerprint_voxels=args.fingerprint_voxels,
-                                  overwrite=args.overwrite, verify=not args.no_verify, plan_only=args.plan_only)
+                                  overwrite=args.overwrite, verify=not args.no_verify, plan_only=args.plan_only,
+                                  allow_spacing=args.allow_spacing)
     for folder in folders:
         print(_describe(Plans.load(folder / "plans.json")))
         print(f"  -> {folder}")

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "predicted component with its outline on the lung window")
     parser.add_argument("--continue", dest="skip_existing", action="store_true",
                         help="skip cases whose outputs already exist")
+    parser.add_argument("--allow-spacing", action="store_true",
+                        help="warn instead of refusing a spacing outside 0.05-20 mm or an extent over 2 m")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_root_arguments(parser)
     return parser
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tta = not (args.no_tta or args.fast)
     written = predict_folder(args.input, args.output, checkpoints, device, tta, step, args.save_probabilities,
                              args.postprocess, args.skip_existing, not args.quiet, args.dicom_seg, args.overlays,
-                             cpu_runtime=not args.no_cpu_runtime)
+                             cpu_runtime=not args.no_cpu_runtime, allow_spacing=args.allow_spacing)
     print(f"{len(written)} case(s) predicted with {len(checkpoints)} model(s) into {args.output}")
     return 0
 

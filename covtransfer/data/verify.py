@@ -19,6 +19,7 @@ import numpy as np
 
 from covtransfer.data.dataset_json import DatasetInfo, load_dataset_json
 from covtransfer.data.image_io import Geometry, count_nonfinite_nifti, file_ending, read_image
+from covtransfer.data.scan_checks import check_direction, check_extent, check_spacing
 from covtransfer.errors import CovtransferError
 
 
@@ -108,7 +109,22 @@ def _nonfinite(path: Path, array: np.ndarray) -> tuple[int, int]:
     return int(np.isnan(array).sum()), int(np.isinf(array).sum())
 
 
-def _check_images(folder: Path, task: _CaseTask, result: _CaseResult) -> tuple[str, tuple, Geometry] | None:
+def _header_problems(name: str, shape: tuple, geometry: Geometry, allow_spacing: bool) -> list[str]:
+    """The shared scan checks (spacing and extent unless ``allow_spacing``, direction) of one image, as problems."""
+    problems = []
+    checks = [(check_direction, (geometry.direction,))]
+    if not allow_spacing:
+        checks = [(check_spacing, (geometry.spacing,)), (check_extent, (shape, geometry.spacing))] + checks
+    for check, arguments in checks:
+        try:
+            check(name, *arguments)
+        except CovtransferError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _check_images(folder: Path, task: _CaseTask, result: _CaseResult,
+                  allow_spacing: bool) -> tuple[str, tuple, Geometry] | None:
     """Read each channel of a case; check NaN/Inf and that all channels share the first one's grid.
 
     Returns the reference (name, shape, geometry) of the first readable channel, or None when none could be read.
@@ -124,6 +140,7 @@ def _check_images(folder: Path, task: _CaseTask, result: _CaseResult) -> tuple[s
         nan, inf = _nonfinite(path, array)
         if nan or inf:
             result.problems.append(f"{name}: {nan} NaN and {inf} Inf voxels")
+        result.problems += _header_problems(name, array.shape, geometry, allow_spacing)
         if reference is None:
             reference = (name, array.shape, geometry)
             result.spacing = tuple(float(s) for s in geometry.spacing)
@@ -160,10 +177,10 @@ def _check_label(folder: Path, path: Path, reference: tuple | None, declared: tu
                                f"dataset.json (declared: {', '.join(map(str, declared))})")
 
 
-def _check_case(folder: Path, task: _CaseTask, declared: tuple[int, ...]) -> _CaseResult:
+def _check_case(folder: Path, task: _CaseTask, declared: tuple[int, ...], allow_spacing: bool = False) -> _CaseResult:
     """Read every file of one case once and check values and geometry (runs in a worker process when parallel)."""
     result = _CaseResult()
-    reference = _check_images(folder, task, result)
+    reference = _check_images(folder, task, result, allow_spacing)
     if task.label is not None:
         _check_label(folder, task.label, reference, declared, result)
     return result
@@ -243,7 +260,7 @@ def _summary(folder: Path, info: DatasetInfo, n_train: int, n_test: int, results
             f"spacing (z, y, x) {ranges} mm; labels found: {labels}")
 
 
-def verify_dataset(folder: str | os.PathLike, num_processes: int = 1) -> VerifyReport:
+def verify_dataset(folder: str | os.PathLike, num_processes: int = 1, allow_spacing: bool = False) -> VerifyReport:
     """Check the raw dataset in ``folder`` (dataset.json, imagesTr/labelsTr, imagesTs/labelsTs) and report problems.
 
     An unreadable ``dataset.json`` is the only problem reported, since nothing else can be checked without it.
@@ -269,9 +286,10 @@ def verify_dataset(folder: str | os.PathLike, num_processes: int = 1) -> VerifyR
     declared = tuple(info.label_values)
     if num_processes > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(min(num_processes, len(tasks))) as pool:
-            results = list(pool.map(_check_case, [folder] * len(tasks), tasks, [declared] * len(tasks)))
+            results = list(pool.map(_check_case, [folder] * len(tasks), tasks, [declared] * len(tasks),
+                                    [allow_spacing] * len(tasks)))
     else:
-        results = [_check_case(folder, task, declared) for task in tasks]
+        results = [_check_case(folder, task, declared, allow_spacing) for task in tasks]
     for result in results:
         problems += result.problems
     return VerifyReport(problems, _summary(folder, info, len(train), len(test), results))

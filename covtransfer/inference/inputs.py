@@ -16,6 +16,7 @@ from pathlib import Path
 
 from covtransfer.data.dicom_io import series_folders
 from covtransfer.data.image_io import SUPPORTED_ENDINGS, file_ending, read_geometry
+from covtransfer.data.scan_checks import check_header
 from covtransfer.errors import CovtransferError
 
 _CHANNEL = re.compile(r"(.+)_(\d{4})")
@@ -111,7 +112,7 @@ def discover_cases(path: str | os.PathLike) -> list[InputCase]:
     return _folder_cases(path)
 
 
-def check_cases(cases: list[InputCase], num_channels: int) -> None:
+def check_cases(cases: list[InputCase], num_channels: int, allow_spacing: bool = False) -> None:
     """Refuse cases whose channel count differs from the model's, and any image whose header cannot be read.
 
     Reading only headers is cheap and catches unreadable files before the first output is written; channel files
@@ -125,7 +126,10 @@ def check_cases(cases: list[InputCase], num_channels: int) -> None:
                 detail = f"case {case.case_id} has {len(case.images)} channel file(s)"
             raise CovtransferError(f"{case.images[0]}: {detail} but the model expects {num_channels} "
                                    f"(channel files <case>_0000{case.ending} ... _{num_channels - 1:04d})")
-        shapes = [read_geometry(image)[0] for image in case.images]
+        geometries = [read_geometry(image) for image in case.images]
+        for image, (shape, geometry) in zip(case.images, geometries):
+            check_header(image, shape, geometry.spacing, geometry.direction, allow_spacing)
+        shapes = [shape for shape, _ in geometries]
         for image, shape in zip(case.images[1:], shapes[1:]):
             if shape != shapes[0]:
                 raise CovtransferError(f"{image}: shape {list(shape)} differs from {list(shapes[0])} of "

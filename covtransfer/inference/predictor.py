@@ -266,7 +266,7 @@ class Predictor:
         return done
 
     def predict_cases(self, cases: Sequence[InputCase], output_folder: str | os.PathLike,
-                      skip_existing: bool = False, progress: bool = True) -> list[Path]:
+                      skip_existing: bool = False, progress: bool = True, allow_spacing: bool = False) -> list[Path]:
         """Predict and write every case (skipping finished ones with ``skip_existing``); returns the files written.
 
         Inputs are checked first (channel count, readable headers) so a bad input stops the run before any output.
@@ -275,7 +275,7 @@ class Predictor:
         if output_folder.resolve() in input_folders(list(cases)):
             raise CovtransferError(f"{output_folder}: the output folder is the input folder; choose another so "
                                    "inputs are never overwritten")
-        check_cases(list(cases), self.num_input_channels)
+        check_cases(list(cases), self.num_input_channels, allow_spacing)
         todo = [c for c in cases if not (skip_existing and self._outputs_exist(c, output_folder))]
         prefetch = self.device.type == "cuda"
         written: list[Path] = []
@@ -311,10 +311,12 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
                    checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "auto", tta: bool = True,
                    step: float = DEFAULT_STEP, save_probabilities: bool = False, postprocess: bool = False,
                    skip_existing: bool = False, progress: bool = True, dicom_seg: bool = False,
-                   overlays: bool = False, cpu_runtime: bool = True) -> list[Path]:
+                   overlays: bool = False, cpu_runtime: bool = True,
+                   allow_spacing: bool = False) -> list[Path]:
     """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``
     (with ``dicom_seg`` also a DICOM SEG per DICOM series, with ``overlays`` a QC picture per case;
-    ``cpu_runtime``: OpenVINO on the CPU when installed, see :mod:`covtransfer.inference.cpu_runtime`)."""
+    ``cpu_runtime``: OpenVINO on the CPU when installed, see :mod:`covtransfer.inference.cpu_runtime`;
+    ``allow_spacing``: an implausible spacing or extent warns instead of refusing)."""
     cases = discover_cases(input_path)
     if dicom_seg:
         check_dicom_input(cases)
@@ -323,4 +325,4 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
     rules = find_postprocessing(models) if postprocess else None
     writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + ([write_overlay] if overlays else [])
     predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers, cpu_runtime)
-    return predictor.predict_cases(cases, output_folder, skip_existing, progress)
+    return predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)

@@ -17,6 +17,7 @@ import numpy as np
 
 from covtransfer.data.cropping import crop_to_nonzero
 from covtransfer.data.image_io import Geometry, file_ending, read_image
+from covtransfer.data.scan_checks import check_resampled_memory, check_voxels
 from covtransfer.errors import CovtransferError
 from covtransfer.plans import Plans
 from covtransfer.preprocessing.normalization import normalize
@@ -91,6 +92,7 @@ class CasePreprocessor:
 
         target = [float(s) for s in self.configuration.spacing]
         new_shape = compute_new_shape(shape_after_cropping, spacing, target)
+        check_resampled_memory(f"case {case_id}", new_shape, len(arrays))
         settings = self.configuration.resampling
         data = resample_image(data, spacing, target, new_shape, settings.order_data, settings.order_z,
                               settings.anisotropy_threshold)
@@ -124,6 +126,7 @@ class CasePreprocessor:
         images, geometry = [], None
         for path in image_paths:
             array, this_geometry = read_image(path)
+            check_voxels(path, array)
             if geometry is None:
                 geometry = this_geometry
             elif array.shape != images[0].shape:

@@ -24,8 +24,8 @@ from covtransfer.plans import Plans
 from covtransfer.preprocessing.run import preprocess_dataset
 
 
-def _refuse_if_broken(raw_folder: Path, num_processes: int) -> None:
-    report = verify_dataset(raw_folder, num_processes)
+def _refuse_if_broken(raw_folder: Path, num_processes: int, allow_spacing: bool) -> None:
+    report = verify_dataset(raw_folder, num_processes, allow_spacing)
     if not report.ok:
         count = len(report.problems)
         lines = "\n".join(f"  {problem}" for problem in report.problems)
@@ -94,7 +94,7 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
                         gpu_memory_gb: float = 8.0, preset: str | None = None,
                         configurations: Sequence[str] | None = None, num_processes: int | None = None,
                         overwrite: bool = False, verify: bool = True, plan_only: bool = False,
-                        fingerprint_voxels: int = FOREGROUND_VOXEL_BUDGET) -> list[Path]:
+                        fingerprint_voxels: int = FOREGROUND_VOXEL_BUDGET, allow_spacing: bool = False) -> list[Path]:
     """Fingerprint, plan and preprocess each dataset; returns the preprocessed dataset folders.
 
     ``plans_from`` names a target dataset whose plans the others reuse; it must be planned already or be one of
@@ -113,7 +113,7 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
             target_name = target_plans.dataset_name
     if verify:
         for folder in raw_folders:
-            _refuse_if_broken(folder, num_processes)
+            _refuse_if_broken(folder, num_processes, allow_spacing)
     infos = {folder: load_dataset_json(folder) for folder in raw_folders}
     if plans_from is not None:
         channels = target_plans.num_input_channels if target_plans else infos[raw_folders[0]].num_channels
