@@ -37,7 +37,7 @@ setup(
         "highdicom>=0.23",
         "psutil",
     ],
-    extras_require={"test": ["pytest", "batchgeneratorsv2==0.3.6", "submitit>=1.5", "openvino>=2024.0", "onnx"],
+    extras_require={"test": ["pytest", "pytest-timeout", "batchgeneratorsv2==0.3.6", "submitit>=1.5", "openvino>=2024.0", "onnx"],
                     "cluster": ["submitit>=1.5"],
                     # faster CPU prediction (covtransfer.inference.cpu_runtime), used automatically when installed
                     "cpu-fast": ["openvino>=2024.0", "onnx"]},
