@@ -13,13 +13,17 @@
 #   setup               unpack .sitepack onto PYTHONPATH, put this checkout on PYTHONPATH (no install: offline),
 #                       probe versions (env.json); start writing the predict case in the background (CPU only)
 #   pytest              pytest -m gpu
+#   profile             step_profile.py's breakdown of one eager step of each tool on the reference network, by the
+#                       same rules (convolution, normalisation, loss, optimiser, ... per phase; convolution kernels by
+#                       precision): ours in bf16 and in fp16 with loss scaling, nnU-Net's own fp16 (profile.json)
 #   train_ref_eager     benchmarks/train_step.py --device cuda, reference network (patch 56x160x192, batch 2): pure
 #                       step + full iteration (sampling, on-device augmentation, loss, backward); 100-iteration epochs
 #   train_ref_compile   the same with --compile and a real 250-iteration epoch (the epoch target)
 #   predict             benchmarks/predict.py --devices cuda --breakdown: one 512x512x210 synthetic CT, with and
 #                       without mirroring, whole process, plus the in-process stage times (ours)
 #   train_hybrid_eager  train_step.py --strategy hybrid, same topology, 30-iteration epochs (scaled to 250)
-#   train_hybrid_compile  the same with --compile (the first step to be skipped when time is short)
+#   train_hybrid_compile  the same with --compile --compile-scope blocks (regional compilation: each conv block and
+#                       fusion unit; the whole-network compile of the hybrid took over 66 s on an H200)
 #   ddp                 2-process torchrun (NCCL) smoke run of covtransfer_train, only if the machine has 2 GPUs
 #   nnunet_train        benchmarks/nnunet_train_step.py: nnU-Net's own step, compiled (its GPU default) with a
 #                       250-iteration epoch through its own data loader, then eager (step only)
@@ -31,9 +35,10 @@
 # its timeout keeps what it measured. SUITE_STEPS="pytest predict" (or --only pytest,predict; a prefix such as
 # "train" matches several) runs a subset, e.g. for a short second run.
 #
-# What comes back ($OUT, 6 files, no folders): suite.log (everything printed), results.json (the collated figures:
+# What comes back ($OUT, 7 files, no folders): suite.log (everything printed), results.json (the collated figures:
 # GPU name, torch version, date, each step's status, ours vs nnU-Net; copy it to
-# benchmarks/results/gpu_<card>_<date>.json), env.json, train.json, predict.json, nnunet_train.json (raw outputs).
+# benchmarks/results/gpu_<card>_<date>.json), env.json, train.json, predict.json, nnunet_train.json (raw outputs),
+# profile.json (the step breakdowns).
 #
 # .sitepack: the GPU image has torch (and, as listed in the device notes, torchvision and timm) but not SimpleITK,
 # batchgenerators, nnU-Net, ... `--pack` runs ../shared/tools/device-sitepack.sh --with-nnunet, which writes
@@ -117,11 +122,11 @@ planned() {  # wanted, and not known to be skipped for want of a second GPU or o
 # Measured on an H200 (2026-11-27): setup 31, pytest 78, ref eager 42, ref compile 95, predict 58, hybrid eager 29;
 # the hybrid's compile (over 66 s), nnU-Net's compiled step and epoch (over 120 s) and nnU-Net's two predictions
 # (over 50 s) did not fit. A second call with --only "train_hybrid_compile nnunet" measures what is missing.
-ORDER="pytest train_ref_eager train_ref_compile predict train_hybrid_eager train_hybrid_compile ddp nnunet_train"
+ORDER="pytest profile train_ref_eager train_ref_compile predict train_hybrid_eager train_hybrid_compile ddp nnunet_train"
 ORDER="$ORDER nnunet_predict"
-declare -A CAP=([pytest]=120 [train_ref_eager]=80 [train_ref_compile]=160 [predict]=120 [train_hybrid_eager]=50
+declare -A CAP=([pytest]=120 [profile]=150 [train_ref_eager]=80 [train_ref_compile]=160 [predict]=120 [train_hybrid_eager]=50
                 [train_hybrid_compile]=120 [ddp]=90 [nnunet_train]=200 [nnunet_predict]=150)
-declare -A MIN=([pytest]=40 [train_ref_eager]=35 [train_ref_compile]=90 [predict]=45 [train_hybrid_eager]=20
+declare -A MIN=([pytest]=40 [profile]=60 [train_ref_eager]=35 [train_ref_compile]=90 [predict]=45 [train_hybrid_eager]=20
                 [train_hybrid_compile]=60 [ddp]=40 [nnunet_train]=120 [nnunet_predict]=90)
 reserve_after() {  # the minimum seconds of the wanted steps after $1 that have not run
   local after=0 total=0 s
@@ -187,6 +192,15 @@ for key in ("ref_eager", "ref_compile", "hybrid_eager", "hybrid_compile"):
 if train:
     (out / "train.json").write_text(json.dumps(train, indent=2) + "\n")
 
+profiles = {f"covtransfer {path.stem.rsplit('_', 1)[-1]}": next(iter(load(path).get("networks", {}).values()), {})
+            .get("profile") for path in sorted(work.glob("profile_ours_*.json")) if load(path)}
+nnunet_profile = load(work / "profile_nnunet.json")
+if nnunet_profile:
+    eager = nnunet_profile.get("modes", {}).get("eager") or {}
+    profiles[f"nnunetv2 {'fp16' if str(eager.get('amp')).startswith('fp16') else 'fp32'}"] = eager.get("profile")
+if profiles:
+    (out / "profile.json").write_text(json.dumps(profiles, indent=2) + "\n")
+
 predict = (load(work / "predict_ours.json") or []) + (load(work / "predict_nnunet.json") or [])
 if predict:
     (out / "predict.json").write_text(json.dumps(predict, indent=2) + "\n")
@@ -238,7 +252,10 @@ table = [
      "covtransfer": get(net("reference/compile"), "iteration_ms", "epoch_250_s"),
      "nnunetv2": get(nn_modes, "compile", "epoch", "epoch_250_s"), "nnunetv2_published": 27.5, "target_h200": 11},
     {"what": "training step, hybrid, eager (ms)", "covtransfer": get(net("hybrid/eager"), "step_ms", "mean")},
-    {"what": "training step, hybrid, compiled (ms)", "covtransfer": get(net("hybrid/compile"), "step_ms", "mean")},
+    {"what": "training step, hybrid, compiled per block (ms)",
+     "covtransfer": get(net("hybrid/compile"), "step_ms", "mean")},
+    {"what": "hybrid, compilation and warm-up steps, per block (s)",
+     "covtransfer": get(net("hybrid/compile"), "step_ms", "warmup_s")},
     {"what": "250-iteration epoch, hybrid, compiled (s; from 30)",
      "covtransfer": get(net("hybrid/compile"), "iteration_ms", "epoch_250_s")},
     {"what": "prediction, whole process, mirroring (s)", "covtransfer": seconds("covtransfer", True),
@@ -358,12 +375,14 @@ if [ "$DRY_RUN" = 1 ]; then
   PRED_ARGS=(--devices cpu --case tiny --cpu-topology tiny --cpu-tta)
   NN_TRAIN_ARGS=(--device cpu --network tiny --iters 2 --warmup 1 --epoch-iters 4 --epoch-warmup 1 --n-proc-da 1
                  --threads 1)
+  PROFILE_AMPS="off"  # fp16 with loss scaling needs CUDA
 else
   DEV=cuda; TRAIN_NET=(--networks reference); TRAIN_ITERS=(--iters 20 --warmup 5)
   REF_EAGER_EPOCH=(--epoch-iters 100); REF_EPOCH=(--epoch-iters 250); HYB_EPOCH=(--epoch-iters 30)
   COMPILE_ENV=()
   PRED_ARGS=(--devices cuda --case-index 11)  # 210 x 512 x 512 at 1.29 x 0.66 x 0.66 mm
   NN_TRAIN_ARGS=(--device cuda --network reference --iters 20 --warmup 5 --epoch-iters 250 --epoch-warmup 20)
+  PROFILE_AMPS="bf16 fp16"
 fi
 
 # The predict case (a 210 x 512 x 512 synthetic CT; about 15 s) is written on the CPU while the first GPU steps run.
@@ -375,6 +394,26 @@ fi
 
 # ---------------------------------------------------------------------------------------------- ours
 run_step pytest "$PY" -m pytest -m gpu -v -rfE -p no:cacheprovider --junitxml="$WORK/pytest.xml"
+
+# One eager step of each tool under torch.profiler, grouped by the same rules: ours in each precision, then nnU-Net's.
+# (timeout runs a program, so the step is a function run by bash -c; its arguments travel as space-free words.)
+profile_steps() {
+  local amp rc=0
+  for amp in $PROFILE_AMPS; do
+    # shellcheck disable=SC2086
+    "$PY" benchmarks/train_step.py --device "$DEV" $PROFILE_TRAIN_ARGS --parts step profile --amp "$amp" \
+      --out "$WORK/profile_ours_$amp.json" || rc=1
+  done
+  if [ -n "$NNPY" ]; then
+    # shellcheck disable=SC2086
+    "$NNPY" benchmarks/nnunet_train_step.py $PROFILE_NN_ARGS --modes eager --epoch-modes --profile \
+      --out "$WORK/profile_nnunet.json" || rc=1
+  fi
+  return $rc
+}
+PROFILE_TRAIN_ARGS="${TRAIN_NET[*]} ${TRAIN_ITERS[*]}"; PROFILE_NN_ARGS="${NN_TRAIN_ARGS[*]}"
+export -f profile_steps; export PY NNPY DEV WORK PROFILE_AMPS PROFILE_TRAIN_ARGS PROFILE_NN_ARGS
+run_step profile bash -c profile_steps
 
 TRAIN=("$PY" benchmarks/train_step.py --device "$DEV" "${TRAIN_NET[@]}" "${TRAIN_ITERS[@]}" --parts step iteration)
 run_step train_ref_eager "${TRAIN[@]}" --strategy scratch "${REF_EAGER_EPOCH[@]}" --out "$WORK/train_ref_eager.json"
@@ -390,7 +429,7 @@ run_step predict "$PY" benchmarks/predict.py "${PRED_ARGS[@]}" --work "$WORK/pre
 
 run_step train_hybrid_eager "${TRAIN[@]}" --strategy hybrid "${HYB_EPOCH[@]}" --out "$WORK/train_hybrid_eager.json"
 run_step train_hybrid_compile "${COMPILE_ENV[@]}" "${TRAIN[@]}" --strategy hybrid "${HYB_EPOCH[@]}" --compile \
-  --out "$WORK/train_hybrid_compile.json"
+  --compile-scope blocks --out "$WORK/train_hybrid_compile.json"
 
 # 2-process torchrun smoke run: tiny synthetic dataset, cpu preset, covtransfer_train under torchrun (NCCL on GPUs;
 # gloo in the dry run). Passes when both ranks ran and rank 0's log says 2 processes.

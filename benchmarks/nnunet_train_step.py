@@ -29,7 +29,8 @@ would import every trainer module (and with them timm).
 
 Usage: ``python benchmarks/nnunet_train_step.py [--device cuda] [--network reference] [--modes eager compile]
 [--epoch-modes compile] [--iters 20] [--warmup 3] [--epoch-iters 250] [--epoch-warmup 20] [--n-proc-da N]
-[--work DIR] [--out result.json]``.
+[--profile] [--work DIR] [--out result.json]``. ``--profile`` adds ``step_profile.py``'s breakdown of one eager step,
+grouped by the same rules as ``train_step.py --parts profile``.
 """
 
 from __future__ import annotations
@@ -201,6 +202,11 @@ def measure(mode: str, plans: dict, dataset_json: dict, device_name: str, args: 
             result["peak_gpu_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20)
         print(f"nnunetv2 {mode}: step {result['step_ms']['mean']:.1f} ms (median {result['step_ms']['median']:.1f}, "
               f"min {result['step_ms']['min']:.1f}) over {args.iters}", flush=True)
+        if args.profile and mode == "eager":
+            from step_profile import format_breakdown, profile_step
+
+            result["profile"] = profile_step(lambda: trainer.train_step(fixed), trainer.network, trainer.loss, device)
+            print(format_breakdown(f"nnunetv2 {mode}", result["profile"]), flush=True)
         del fixed, batch
         if epoch:
             loader = trainer.dataloader_train
@@ -248,6 +254,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--epoch-iters", type=int, default=250, help="iterations in the timed epoch (default 250)")
     parser.add_argument("--epoch-warmup", type=int, default=20, help="untimed loader iterations first (default 20)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also step_profile.py's breakdown of one eager step (the same rules as train_step.py's)")
     parser.add_argument("--cases", type=int, default=4, help="synthetic preprocessed cases (default 4)")
     parser.add_argument("--n-proc-da", type=int, default=None,
                         help="augmentation processes (sets nnUNet_n_proc_DA; default: nnU-Net's choice)")

@@ -15,8 +15,11 @@ batch 2, 32 … 320 features over 6 stages, strides (1,1,1) (1,2,2) (2,2,2) (2,2
 1.5 × 0.75 × 0.75 mm, about 200 × 400 × 400 voxels). ``--strategy hybrid`` builds the hybrid network (a dedicated
 and an adapted encoder, both random here: speed does not depend on the weights) on the same topology.
 
-Usage: ``python benchmarks/train_step.py [--device auto] [--iters 20] [--warmup 3] [--compile]
-[--networks reference cpu] [--strategy scratch|hybrid] [--parts step iteration] [--epoch-iters N]
+``--parts profile`` adds ``step_profile.py``'s breakdown of one eager step (convolution, normalisation, loss,
+optimiser, ... per phase; kernel precision on CUDA); ``--amp bf16|fp16`` chooses the mixed-precision format.
+
+Usage: ``python benchmarks/train_step.py [--device auto] [--iters 20] [--warmup 3] [--compile] [--amp auto]
+[--networks reference cpu] [--strategy scratch|hybrid] [--parts step iteration profile] [--epoch-iters N]
 [--num-workers N] [--out result.json]``.
 On a 2-core CPU the reference step takes about 10 s: use ``--networks cpu``, or ``--iters 2 --parts step``.
 """
@@ -41,10 +44,12 @@ sys.path.insert(0, str(ROOT))
 
 from covtransfer.atomic import write_json  # noqa: E402
 from covtransfer.data.dataset_json import DatasetInfo  # noqa: E402
+from covtransfer.network.regional_compile import COMPILE_SCOPES  # noqa: E402
 from covtransfer.planning.planner import plan_experiment  # noqa: E402
 from covtransfer.plans import ChannelNormalization, Configuration, Plans  # noqa: E402
 from covtransfer.training.strategies import Hybrid, Strategy  # noqa: E402
-from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask  # noqa: E402
+from covtransfer.training.trainer import AMP_MODES, Trainer, TrainingSettings, TrainingTask  # noqa: E402
+from step_profile import format_breakdown, profile_step  # noqa: E402
 
 TASK = "Dataset900_Bench"
 SPACING = [1.5, 0.75, 0.75]
@@ -122,7 +127,7 @@ def make_trainer(configuration: Configuration, work: Path, args: argparse.Namesp
     settings = TrainingSettings(epochs=2, iters_per_epoch=args.epoch_iters or args.iters, val_iters=0,
                                 save_every=10 ** 6,
                                 device=args.device, compile=args.compile, num_workers=args.num_workers,
-                                final_validation=False)
+                                compile_scope=args.compile_scope, amp=args.amp, final_validation=False)
     return Trainer([task], "3d_fullres", STRATEGIES[args.strategy](), work / "run", settings)
 
 
@@ -131,16 +136,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(trainer: Trainer, iters: int, warmup: int) -> dict:
-    """Milliseconds per ``train_step`` on one random batch kept on the device."""
+def fixed_batch(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random batch of the trainer's patch and batch size, on its device."""
     configuration, device = trainer.configuration, trainer.device
     shape = (configuration.batch_size, trainer.plans.num_input_channels, *configuration.patch_size)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(shape, generator=generator).to(device)
     seg = (torch.rand((shape[0], 1, *shape[2:]), generator=generator) > 0.9).long().to(device)
+    return images, seg
+
+
+def time_step(trainer: Trainer, iters: int, warmup: int) -> dict:
+    """Milliseconds per ``train_step`` on one random batch kept on the device."""
+    device = trainer.device
+    images, seg = fixed_batch(trainer)
     trainer.model.train()
+    start = time.perf_counter()
     for _ in range(warmup):
-        trainer.train_step(images, seg, TASK)
+        trainer.train_step(images, seg, TASK)  # with --compile the first one compiles
+    warmup_s = time.perf_counter() - start
     times = []
     for _ in range(iters):
         synchronize(device)
@@ -148,7 +162,14 @@ def time_step(trainer: Trainer, iters: int, warmup: int) -> dict:
         trainer.train_step(images, seg, TASK)  # returns the loss as a float: the step has finished
         times.append(1000 * (time.perf_counter() - start))
     return {"mean": statistics.mean(times), "median": statistics.median(times), "min": min(times), "iters": iters,
-            "warmup": warmup}
+            "warmup": warmup, "warmup_s": round(warmup_s, 2)}
+
+
+def profile_one_step(trainer: Trainer) -> dict:
+    """``step_profile``'s breakdown of one eager ``train_step`` on the fixed batch."""
+    images, seg = fixed_batch(trainer)
+    trainer.model.train()
+    return profile_step(lambda: trainer.train_step(images, seg, TASK), trainer.network, trainer.loss, trainer.device)
 
 
 def time_iteration(trainer: Trainer, iters: int) -> dict:
@@ -173,10 +194,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3; compile needs them)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="network",
+                        help="with --compile: the whole network (default) or each repeated block (regional)")
     parser.add_argument("--networks", nargs="+", choices=sorted(NETWORKS), default=["reference", "cpu"])
     parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="scratch",
                         help="network kind: scratch (U-Net, default) or hybrid (two encoders, both random)")
-    parser.add_argument("--parts", nargs="+", choices=["step", "iteration"], default=["step", "iteration"])
+    parser.add_argument("--parts", nargs="+", choices=["step", "iteration", "profile"], default=["step", "iteration"],
+                        help="step, iteration (default both); profile: step_profile.py's breakdown of one step")
+    parser.add_argument("--amp", choices=AMP_MODES, default="auto",
+                        help="the trainer's --amp (default auto: bf16 on CUDA, fp32 on the CPU; fp16 for nnU-Net's)")
     parser.add_argument("--epoch-iters", type=int, default=None,
                         help="iterations per epoch for the iteration part (default: --iters)")
     parser.add_argument("--num-workers", type=int, default=None,
@@ -187,7 +213,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    report = {"torch": torch.__version__, "compile": args.compile, "strategy": args.strategy, "networks": {}}
+    report = {"torch": torch.__version__, "compile": args.compile, "compile_scope": args.compile_scope,
+              "strategy": args.strategy, "amp_mode": args.amp, "networks": {}}
     with tempfile.TemporaryDirectory(prefix="covtransfer_bench_") as tmp:
         for name in args.networks:
             configuration = NETWORKS[name]()
@@ -205,6 +232,9 @@ def main() -> None:
                       f"min {result['step_ms']['min']:.1f}) over {args.iters}, {report['device_name']}", flush=True)
                 if args.out:
                     write_json(args.out, report)
+            if "profile" in args.parts:
+                result["profile"] = profile_one_step(trainer)
+                print(format_breakdown(f"covtransfer {name}", result["profile"]), flush=True)
             if "iteration" in args.parts:
                 result["iteration_ms"] = time_iteration(trainer, args.epoch_iters or args.iters)
                 it = result["iteration_ms"]

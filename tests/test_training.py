@@ -400,7 +400,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(roots, tmp_pa
 
 def test_amp_on_trains_in_bf16_on_the_cpu_and_bad_values_are_refused(roots, tmp_path, no_plots):
     own = results_in(roots, tmp_path / "results")
-    with pytest.raises(CovtransferError, match="--amp 'fast': use auto, on or off"):
+    with pytest.raises(CovtransferError, match="--amp 'fast': use auto, on, off, bf16, fp16"):
         train([1], make_strategy("scratch"), 0, own, settings(amp="fast"))
     assert not own.results.exists()
     task = load_task(own, 1, "3d_fullres", 0)
@@ -412,6 +412,33 @@ def test_amp_on_trains_in_bf16_on_the_cpu_and_bad_values_are_refused(roots, tmp_
     assert seen and set(seen) == {torch.bfloat16}
     assert all(torch.isfinite(t).all() for t in trainer.network.state_dict().values() if t.is_floating_point())
     assert Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "other", settings()).amp_dtype is None
+    named = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "bf16", settings(amp="bf16"))
+    assert named.amp_dtype == torch.bfloat16 and not named.scaler.is_enabled()
+    with pytest.raises(CovtransferError, match="--amp fp16: .*needs a CUDA device"):
+        Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "fp16", settings(amp="fp16"))
+
+
+def test_compile_scope_blocks_compiles_the_blocks_in_place_and_bad_scopes_are_refused(roots, tmp_path, monkeypatch):
+    import covtransfer.training.trainer as trainer_module
+
+    task = load_task(results_in(roots, tmp_path / "results"), 1, "3d_fullres", 0)
+    with pytest.raises(CovtransferError, match="--compile-scope 'layers': use network or blocks"):
+        Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "bad",
+                settings(compile=True, compile_scope="layers"))
+    compiled = []
+    monkeypatch.setattr(trainer_module, "compile_blocks", lambda network: compiled.append(network) or 1)
+    trainer = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "blocks",
+                      settings(compile=True, compile_scope="blocks"))
+    assert compiled == [trainer.network] and trainer.model is trainer.network
+@pytest.mark.gpu
+def test_amp_fp16_scales_the_loss_on_cuda(roots, tmp_path, no_plots):
+    own = results_in(roots, tmp_path / "results")
+    task = load_task(own, 1, "3d_fullres", 0)
+    trainer = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "fold",
+                      settings(amp="fp16", device="cuda"))
+    assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
+    trainer.fit()
+    assert all(torch.isfinite(t).all() for t in trainer.network.state_dict().values() if t.is_floating_point())
 
 # ----------------------------------------------------------------------------------------------------- CLI
 def test_cli_trains_a_fold(roots, tmp_path, capsys, no_plots):

@@ -17,7 +17,7 @@ from covtransfer.experiments.report import summary_text
 from covtransfer.experiments.spec import DEFAULT_STRATEGIES, StudySpec
 from covtransfer.experiments.study import Study
 from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
-from covtransfer.training.trainer import TrainingSettings
+from covtransfer.training.trainer import AMP_MODES, TrainingSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,8 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--val-iters", type=int, default=defaults.val_iters)
     add_device_argument(p)
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
-                   help="mixed precision (auto: on GPUs only; on: also bf16 on the CPU)")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="mixed precision (auto: on GPUs only; on: also bf16 on the CPU; bf16 or fp16 name the format, fp16 "
+                        "with loss scaling as nnU-Net, CUDA only)")
     p.add_argument("--tolerance-mm", type=float, default=3.0, help="NSD tolerance in mm (default 3)")
     p.add_argument("--no-tta", action="store_true", help="predict the test cases without mirroring")
     p.add_argument("-np", "--num-processes", type=int, metavar="N",

@@ -10,7 +10,8 @@ from covtransfer.cli.common import add_device_argument, add_root_arguments, root
 from covtransfer.devices import resolve_device
 from covtransfer.training.api import train
 from covtransfer.training.strategies import STRATEGY_NAMES, make_strategy
-from covtransfer.training.trainer import TrainingSettings
+from covtransfer.network.regional_compile import COMPILE_SCOPES
+from covtransfer.training.trainer import AMP_MODES, TrainingSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=defaults.lr, help=f"initial learning rate (default {defaults.lr})")
     add_device_argument(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--compile-scope", choices=COMPILE_SCOPES, default=defaults.compile_scope,
+                   help="with --compile: the whole network (default) or each repeated block in place (blocks: "
+                        "conv-norm-activation blocks and fusion units; compiles far faster for the hybrid)")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="mixed precision: auto = on GPUs only (bf16, or fp16 with loss scaling); on = also on the CPU "
-                        "(bf16; only faster on CPUs with native bf16, over 10x slower on AVX2-only ones); off = fp32")
+                        "(bf16; only faster on CPUs with native bf16, over 10x slower on AVX2-only ones); off = fp32; bf16 or "
+                        "fp16 name the format (fp16 with loss scaling, nnU-Net's choice, CUDA only)")
     p.add_argument("--save-every", type=int, default=defaults.save_every,
                    help=f"write checkpoint_latest.pt every N epochs (default {defaults.save_every})")
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
@@ -62,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     strategy = make_strategy(args.strategy, args.freeze, args.adapted_lr_scale)
     settings = TrainingSettings(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                                lr=args.lr, device=str(device), compile=args.compile, amp=args.amp,
+                                lr=args.lr, device=str(device), compile=args.compile,
+                                compile_scope=args.compile_scope, amp=args.amp,
                                 save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
                                 source_weights=args.source_weights, final_validation=not args.no_final_validation,
                                 validation_tta=args.val_mirroring)

@@ -22,6 +22,7 @@ from covtransfer.devices import resolve_device
 from covtransfer.network.build import build_network, network_spec, unwrap_network
 from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
+from covtransfer.network.regional_compile import COMPILE_SCOPES, compile_blocks
 from covtransfer.plans import Plans
 from covtransfer.training import distributed
 from covtransfer.training.augment.deep_supervision import deep_supervision_scales, downsample_seg_for_ds
@@ -35,6 +36,7 @@ from covtransfer.training.sampler import PatchSampler
 from covtransfer.training.strategies import Strategy
 
 EMA_DECAY = 0.9
+AMP_MODES = ("auto", "on", "off", "bf16", "fp16")  # --amp: auto and on pick the format, bf16 and fp16 name it
 PLOT_INTERVAL_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch): drawing takes ~0.2 s
 
 
@@ -55,6 +57,7 @@ class TrainingSettings:
     seed: int = 12345
     device: str = "auto"
     compile: bool = False
+    compile_scope: str = "network"  # with compile: the whole network, or "blocks" (regional_compile.py)
     amp: str = "auto"
     num_workers: int | None = None
     source_weights: list[float] | None = None
@@ -142,13 +145,18 @@ class Trainer:
         self._last_plot = -math.inf
 
     def _amp_dtype(self) -> torch.dtype | None:
-        """Mixed precision: on GPUs by default (bf16 where supported), on CPUs only when asked (bf16)."""
+        """Mixed precision: on GPUs by default (bf16 where supported), on CPUs only when asked (bf16); ``bf16`` and
+        ``fp16`` name the format (fp16, nnU-Net's, with loss scaling, needs a CUDA device)."""
         amp = self.settings.amp
-        if amp not in ("auto", "on", "off"):
-            raise CovtransferError(f"--amp {amp!r}: use auto, on or off")
+        if amp not in AMP_MODES:
+            raise CovtransferError(f"--amp {amp!r}: use {', '.join(AMP_MODES)}")
         if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
             return None
-        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if amp == "fp16":
+            if self.device.type != "cuda":
+                raise CovtransferError("--amp fp16: fp16 with loss scaling needs a CUDA device; use bf16 or off")
+            return torch.float16
+        if amp != "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
         return torch.bfloat16
 
@@ -160,13 +168,18 @@ class Trainer:
         return mode == "on" or (mode == "auto" and self.device.type == "cuda")
 
     def _wrap(self, network: nn.Module) -> nn.Module:
+        if self.settings.compile_scope not in COMPILE_SCOPES:
+            raise CovtransferError(f"--compile-scope {self.settings.compile_scope!r}: use "
+                                   f"{' or '.join(COMPILE_SCOPES)}")
         model = network
         if self.context.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # other tasks' heads and the zero-weight lowest deep-supervision output get no gradient in a step
             unused = len(self.tasks) > 1 or 0.0 in self.loss.weights
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
-        if self.settings.compile:
+        if self.settings.compile and self.settings.compile_scope == "blocks":
+            compile_blocks(network)  # in place: DDP, the optimiser and checkpoints keep the same modules
+        elif self.settings.compile:
             model = torch.compile(model)
         return model
 
