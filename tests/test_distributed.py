@@ -6,7 +6,6 @@ Run as a script, this module is the torchrun worker: ``python -m torch.distribut
 """
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +37,6 @@ def _worker(out: Path, argv: list[str]) -> int:
     return main(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     return preprocessed_roots(tmp_path_factory.mktemp("data"), {1: ("Blob", 6, 0)})
@@ -53,8 +46,8 @@ def test_two_gloo_processes_end_with_identical_weights(roots, tmp_path):
     out = tmp_path / "ranks"
     out.mkdir()
     results = tmp_path / "results"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-              "--master_port", str(_free_port()), __file__, str(out)]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "--max-restarts", "0", __file__, str(out)]  # standalone: torchrun binds a free port itself
     argv = ["-d", "1", "-f", "0", "--epochs", "2", "--iters-per-epoch", "2", "--val-iters", "1", "--device", "cpu",
             "--save-every", "1", "--preprocessed", str(roots.preprocessed), "--results", str(results)]
     env = dict(os.environ, OMP_NUM_THREADS="1",
