@@ -2,6 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from covtransfer.network.checkpoint_io import save_checkpoint as write_checkpoin
 from covtransfer.plans import ChannelNormalization, Configuration, Plans
 from covtransfer.preprocessing.preprocessor import CasePreprocessor
 
+REPO = Path(__file__).resolve().parents[1]
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
@@ -351,6 +356,62 @@ def test_predict_save_probabilities_and_continue(tmp_path, results):
     assert (out / "a.nii.gz").read_bytes() == b"sentinel"
     assert main(args) == 0
     assert read_image(out / "a.nii.gz")[0].shape == labels.shape
+
+
+# the predict command in a subprocess whose write of case "b" stops after the temporary file is complete, before
+# its rename: the moment a SIGKILL can leave a temporary file behind
+_STALLED_PREDICT = """
+import sys, time
+from covtransfer.inference import export
+real = export.write_image
+def stalled(path, *args, **kwargs):
+    real(path, *args, **kwargs)
+    if ".b.nii.gz." in str(path):
+        time.sleep(120)
+export.write_image = stalled
+from covtransfer.cli.common import run_cli
+from covtransfer.cli.predict import main
+sys.exit(run_cli(main, sys.argv[1:]))
+"""
+
+
+def _kill_when(command: list[str], done, log: Path, timeout: float = 120) -> int:
+    """Run ``command``, SIGKILL it once ``done()`` holds (or after ``timeout`` s); its exit status."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)))
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline and not done():
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait()
+    return process.returncode
+
+
+def test_a_killed_prediction_leaves_complete_outputs_and_continue_predicts_only_the_rest(tmp_path, results, capsys):
+    images, out = tmp_path / "images", tmp_path / "out"
+    for case in ("a", "b", "c"):
+        write_case(images, case)
+    args = ["-i", str(images), "-o", str(out), "-d", "1", "-t", "scratch", "-f", "0", "--results", str(results),
+            "--device", "cpu", "--no-tta", "--no-cpu-runtime", "--quiet"]
+
+    def stalled_on_b() -> bool:
+        return (out / "a.nii.gz").is_file() and any(p.name.startswith(".b.nii.gz.") for p in out.glob(".*"))
+
+    status = _kill_when([sys.executable, "-c", _STALLED_PREDICT, *args], stalled_on_b, tmp_path / "killed.log")
+    assert status == -signal.SIGKILL and stalled_on_b(), (tmp_path / "killed.log").read_text()[-2000:]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.nii.gz"]
+    first = read_image(out / "a.nii.gz")[0]  # complete: NIfTI truncation is an error in read_image
+    assert first.shape == (10, 20, 18)
+    before = (out / "a.nii.gz").stat().st_mtime_ns
+
+    capsys.readouterr()
+    assert run_cli(main, args + ["--continue"]) == 0
+    assert "2 case(s) predicted" in capsys.readouterr().out
+    assert (out / "a.nii.gz").stat().st_mtime_ns == before and np.array_equal(read_image(out / "a.nii.gz")[0], first)
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]  # the leftover is gone
+    assert all(read_image(out / f"{case}.nii.gz")[0].shape == (10, 20, 18) for case in "bc")
 
 
 def test_fold_ensemble_through_the_command_averages_fold_probabilities(tmp_path, results):

@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from covtransfer.inference.sliding_window import window_starts
 from covtransfer.plans import Plans
 from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import fold_folder, load_task, read_metrics, train
+from covtransfer.training.run_lock import LOCK_NAME
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
 from covtransfer.training.strategies import make_strategy
@@ -177,6 +179,7 @@ def test_run_outputs(full_run, roots):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert (folder / "checkpoint_final.pt").is_file() and (folder / "checkpoint_best.pt").is_file()
     assert not (folder / "checkpoint_latest.pt").exists()  # written every epoch, removed at the end
+    assert not (folder / "checkpoint_previous.pt").exists() and not (folder / LOCK_NAME).exists()
     assert not (folder / "load_report.json").exists()  # scratch loads nothing
     assert Plans.load(folder.parent / "plans.json").to_dict() == Plans.load(
         roots.preprocessed / DATASET / "plans.json").to_dict()
@@ -395,6 +398,53 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(roots, tmp_pa
     assert all(torch.isfinite(t).all() for t in latest.state_dict.values() if t.is_floating_point())
     assert [r["epoch"] for r in read_metrics(folder)] == [0, 1]
     assert not (folder / "checkpoint_final.pt").exists()
+    assert not (folder / LOCK_NAME).exists()  # released on the error too
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_naming_the_first(roots, tmp_path, capsys):
+    folder = tmp_path / "results" / DATASET / "scratch" / "fold_0"
+    folder.mkdir(parents=True)
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                "started": time.time()}))
+    flags = ["--preprocessed", str(roots.preprocessed), "--results", str(tmp_path / "results"), "--device", "cpu"]
+    assert run_cli(main, ["-d", "1", "--epochs", "1", *flags]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {folder}: in use by another covtransfer_train run (pid {os.getpid()} on host "
+                            f"{socket.gethostname()}, started ") and error.count("\n") == 1
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]  # the first run's folder is left alone
+
+
+def test_resume_from_the_previous_checkpoint_when_the_latest_is_damaged(roots, tmp_path, monkeypatch, capsys,
+                                                                         no_plots):
+    real_run_epoch = Trainer._run_epoch
+
+    def killed_in_epoch_3(self, *args):
+        if self.state.epoch == 3:
+            raise KeyboardInterrupt
+        return real_run_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", killed_in_epoch_3)
+    flags = ["-d", "1", "--epochs", "4", "--iters-per-epoch", "1", "--val-iters", "1", "--save-every", "1",
+             "--no-final-validation", "--device", "cpu", "--preprocessed", str(roots.preprocessed),
+             "--results", str(tmp_path / "results")]
+    assert run_cli(main, flags) == 130
+    monkeypatch.setattr(Trainer, "_run_epoch", real_run_epoch)
+    folder = tmp_path / "results" / DATASET / "scratch" / "fold_0"
+    latest, previous = folder / "checkpoint_latest.pt", folder / "checkpoint_previous.pt"
+    assert (load_checkpoint(latest).epoch, load_checkpoint(previous).epoch) == (3, 2)
+    assert not (folder / LOCK_NAME).exists()
+    latest.write_bytes(latest.read_bytes()[:-100])
+    capsys.readouterr()
+    assert run_cli(main, flags + ["--continue"]) == 1
+    assert capsys.readouterr().err == (f"error: {latest}: unreadable checkpoint, truncated or corrupt (not a "
+                                       "complete zip archive: File is not a zip file); checkpoint_previous.pt "
+                                       f"(epoch 2) is intact: pass --resume-from {previous}\n")
+    assert run_cli(main, flags + ["--resume-from", str(previous)]) == 0
+    assert f"resumed from {previous} after epoch 2" in (folder / "training_log.txt").read_text()
+    assert load_checkpoint(folder / "checkpoint_final.pt").epoch == 4
+    assert [r["epoch"] for r in read_metrics(folder)] == [0, 1, 2, 3]
+    assert sorted(p.name for p in folder.glob("checkpoint_*")) == ["checkpoint_best.pt", "checkpoint_final.pt",
+                                                                  "checkpoint_latest.pt.corrupt"]
 
 
 

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "it makes final validation about 8x slower (default auto)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="resume from the fold folder's newest checkpoint")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="resume from this checkpoint file (implies --continue), e.g. the checkpoint_previous.pt "
+                        "offered when checkpoint_latest.pt is damaged; unreadable checkpoints of the folder are "
+                        "renamed to <name>.corrupt")
     add_root_arguments(p)
     return p
 
@@ -73,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 source_weights=args.source_weights, final_validation=not args.no_final_validation,
                                 validation_tta=args.val_mirroring)
     folder = train(args.dataset, strategy, args.fold, roots_from_args(args), settings, args.configuration,
-                   args.pretrained, args.resume, args.tag)
+                   args.pretrained, args.resume, args.tag, args.resume_from)
     print(f"done: {folder}")
     return 0
 

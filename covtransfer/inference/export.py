@@ -11,12 +11,15 @@ full-resolution probabilities at once.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from covtransfer.data.image_io import Geometry, write_image
+from covtransfer.atomic import atomic_path, write_error
+from covtransfer.data.image_io import Geometry, read_image, write_image
+from covtransfer.errors import CovtransferError
 from covtransfer.plans import Plans
 from covtransfer.preprocessing.resampling import separate_z_axis
 from covtransfer.preprocessing.resize import TORCH_MAX_ORDER, axis_orders, resize, resize_slabs
@@ -118,10 +121,29 @@ def labels_from_probabilities(probabilities: torch.Tensor, label_values: Sequenc
     return labels.cpu().numpy()
 
 
+def _written_damage(path: Path, seg: np.ndarray) -> str | None:
+    """Why the label map just written to ``path`` is not ``seg``: a full disk can truncate a NIfTI silently, which
+    :func:`read_image` detects, and other formats zero-fill, which the comparison detects."""
+    try:
+        array, _ = read_image(path)
+    except CovtransferError as exc:
+        return f"it does not read back: {str(exc).removeprefix(f'{path}: ')}"
+    return None if np.array_equal(array, seg) else "the file reads back with other labels (truncated?)"
+
+
 def save_segmentation(path: str | os.PathLike, seg: np.ndarray, properties: dict) -> None:
     """Write a label map on the input grid with the case's original geometry, atomically (the ending picks the
-    format)."""
+    format), and read it back before it takes the final name, so a full disk never leaves a truncated output that
+    ``--continue`` would take for a finished case; a failure is a one-line error naming ``path``."""
+    path = Path(path)
     expected = [int(s) for s in properties["original_shape"]]
     if list(seg.shape) != expected:
         raise ValueError(f"segmentation of shape {list(seg.shape)} does not match the original shape {expected}")
-    write_image(path, seg, Geometry.from_dict(properties["geometry"]))
+    with atomic_path(path) as tmp:
+        try:
+            write_image(tmp, seg, Geometry.from_dict(properties["geometry"]))
+        except RuntimeError as exc:  # SimpleITK reports a failed write as a RuntimeError
+            raise write_error(path, exc) from None
+        damage = _written_damage(tmp, seg)
+        if damage is not None:
+            raise write_error(path, RuntimeError(damage))

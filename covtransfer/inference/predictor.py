@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from covtransfer.atomic import atomic_path
+from covtransfer.atomic import atomic_path, remove_leftovers
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
@@ -259,6 +259,11 @@ class Predictor:
             writer(result, output_folder, case)
         save_segmentation(output_folder / case.output_name(), result.segmentation, result.properties)
 
+    def _remove_leftovers(self, case: InputCase, output_folder: Path) -> None:
+        """Delete the temporary label map and probabilities a killed earlier run left for ``case``."""
+        remove_leftovers(output_folder / case.output_name())
+        remove_leftovers(output_folder / f"{case.case_id}.npz")
+
     def _outputs_exist(self, case: InputCase, output_folder: Path) -> bool:
         done = (output_folder / case.output_name()).is_file()
         if self.save_probabilities:
@@ -269,7 +274,9 @@ class Predictor:
                       skip_existing: bool = False, progress: bool = True, allow_spacing: bool = False) -> list[Path]:
         """Predict and write every case (skipping finished ones with ``skip_existing``); returns the files written.
 
-        Inputs are checked first (channel count, readable headers) so a bad input stops the run before any output.
+        A case counts as finished when its label map exists: it is renamed into place last, complete, so a killed
+        run leaves only finished cases (and temporary files, removed here for the cases still to do). Inputs are
+        checked first (channel count, readable headers) so a bad input stops the run before any output.
         """
         output_folder = Path(output_folder)
         if output_folder.resolve() in input_folders(list(cases)):
@@ -277,6 +284,8 @@ class Predictor:
                                    "inputs are never overwritten")
         check_cases(list(cases), self.num_input_channels, allow_spacing)
         todo = [c for c in cases if not (skip_existing and self._outputs_exist(c, output_folder))]
+        for case in todo:
+            self._remove_leftovers(case, output_folder)
         prefetch = self.device.type == "cuda"
         written: list[Path] = []
         with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \

@@ -7,27 +7,57 @@ must not import training.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
 
-from covtransfer.atomic import atomic_path
+from covtransfer.atomic import atomic_path, write_error
 from covtransfer.errors import CovtransferError
 from covtransfer.network.checkpoint import Checkpoint
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` through a temporary file and a rename."""
+def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint, previous: str | os.PathLike | None = None
+                    ) -> None:
+    """Write ``checkpoint`` to ``path`` through a temporary file and a rename; with ``previous``, an existing
+    ``path`` is renamed to ``previous`` only once the new file is complete, so a good checkpoint always exists.
+
+    A failed write (full disk) is a one-line error naming ``path``; the files already there are left as they were.
+    """
+    path = Path(path)
     content = checkpoint.to_dict()
     with atomic_path(path) as tmp:
-        torch.save(content, tmp)
+        try:
+            torch.save(content, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write(2) as a RuntimeError
+            raise write_error(path, exc) from None
+        if previous is not None and path.is_file():
+            os.replace(path, previous)
+
+
+def archive_damage(path: Path) -> str | None:
+    """Why the checkpoint archive at ``path`` is truncated or corrupt (a member's CRC differs, no central
+    directory), or None when it is intact; ``torch.load`` itself does not check the CRCs, so a flipped bit in the
+    weights would load silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as exc:
+        return f"not a complete zip archive: {exc}"
+    except (OSError, RuntimeError, ValueError, zipfile.LargeZipFile) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"CRC mismatch in {bad.split('/', 1)[-1]}" if bad is not None else None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a covtransfer checkpoint safely (``weights_only``); a one-line error naming the file for anything else."""
+    """Read a covtransfer checkpoint safely (CRCs checked, then ``weights_only``); a one-line error naming the file
+    for anything else."""
     path = Path(path)
     if not path.is_file():
         raise CovtransferError(f"{path}: checkpoint not found")
+    damage = archive_damage(path)
+    if damage is not None:
+        raise CovtransferError(f"{path}: unreadable checkpoint, truncated or corrupt ({damage})")
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files

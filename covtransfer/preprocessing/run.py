@@ -60,8 +60,8 @@ def _run_job(plans: Plans, job: _Job) -> str:
         preprocessor = CasePreprocessor(plans, job.configuration_name)
         data, seg, properties = preprocessor.run_files(job.case.images, job.case.label, job.case.case_id)
         save_case(job.folder, job.case.case_id, data, seg, properties)
-    except CovtransferError as exc:
-        if str(first) in str(exc) or (job.case.label and str(job.case.label) in str(exc)):
+    except CovtransferError as exc:  # already names a file: an input, or an output that could not be written
+        if any(str(path) in str(exc) for path in (first, job.case.label, job.folder) if path is not None):
             raise
         raise CovtransferError(f"{first}: preprocessing failed ({exc})") from None
     except MemoryError:

@@ -69,11 +69,13 @@ def _json_ready(value):
 
 def save_case(folder: str | os.PathLike, case_id: str, data: np.ndarray, seg: np.ndarray | None,
               properties: dict) -> None:
-    """Write ``<case>.npz`` then ``<case>.json`` atomically; stale unpacked ``.npy`` copies of the case are removed."""
+    """Write ``<case>.npz`` then ``<case>.json`` atomically; stale unpacked ``.npy`` copies of the case are removed.
+
+    The old ``.json`` (and ``.npy`` copies) go only once the new ``.npz`` is complete, just before it is renamed into
+    place: a failed write (a full disk) leaves the old case as it was, and a crash in between leaves no ``.json``,
+    so the case counts as unfinished and is redone.
+    """
     npz_path, json_path = case_files(folder, case_id)
-    json_path.unlink(missing_ok=True)
-    for stale in (Path(folder) / f"{case_id}.npy", Path(folder) / f"{case_id}_seg.npy"):
-        stale.unlink(missing_ok=True)
     members = {"data": np.asarray(data, dtype=np.float32)}
     if seg is not None:
         members["seg"] = np.asarray(seg, dtype=np.int8)
@@ -84,6 +86,8 @@ def save_case(folder: str | os.PathLike, case_id: str, data: np.ndarray, seg: np
                 archive.compresslevel = 1
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as handle:
                     np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+        for stale in (json_path, Path(folder) / f"{case_id}.npy", Path(folder) / f"{case_id}_seg.npy"):
+            stale.unlink(missing_ok=True)
     write_text(json_path, _format_json(_json_ready(properties)))
 
 

@@ -1,11 +1,14 @@
 """Training as a library call: resolve datasets, plans, fold and pre-trained model, run the trainer, validate.
 
-Every check that can refuse a run happens before the fold folder is created, so a refused run leaves nothing.
+Every check that can refuse a run happens before the fold folder is created, so a refused run leaves nothing. The
+run holds the fold folder's lock (:mod:`covtransfer.training.run_lock`) from creating it to the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.plans import Configuration, Plans
 from covtransfer.training.checkpoint import find_checkpoint
+from covtransfer.training.run_lock import run_lock
 from covtransfer.training.splits import fold_cases, load_or_create_splits
 from covtransfer.training.strategies import PLANS_HINT, Strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
@@ -44,7 +48,9 @@ def load_task(roots: Roots, dataset_id: str | int, configuration: str, fold: str
         raise CovtransferError(f"{folder}: not preprocessed (run covtransfer_plan_and_preprocess -d {dataset_id})")
     plans = Plans.load(plans_path)
     data_folder = folder / plans.configuration(configuration).data_identifier
-    case_ids = sorted(p.stem for p in data_folder.glob("*.json")) if data_folder.is_dir() else []
+    # a dot name is a temporary file a killed preprocessing run left, not a case
+    case_ids = sorted(p.stem for p in data_folder.glob("*.json") if not p.name.startswith(".")) \
+        if data_folder.is_dir() else []
     if not case_ids:
         raise CovtransferError(f"{data_folder}: no preprocessed cases (run covtransfer_plan_and_preprocess "
                                f"-d {dataset_id} -c {configuration})")
@@ -97,8 +103,11 @@ def _check_source_weights(weights: list[float] | None, tasks: list[TrainingTask]
 
 def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roots: Roots,
           settings: TrainingSettings, configuration: str = "3d_fullres", pretrained: str | Path | None = None,
-          resume: bool = False, tag: str | None = None) -> Path:
-    """Train one fold and validate it; returns the fold folder."""
+          resume: bool = False, tag: str | None = None, resume_from: str | Path | None = None) -> Path:
+    """Train one fold and validate it, holding the fold folder's run lock; returns the fold folder.
+
+    ``resume_from`` (with ``resume``) names the checkpoint to resume from instead of the folder's newest.
+    """
     if len(dataset_ids) > 1 and strategy.name != "pretrain":
         raise CovtransferError(f"-t {strategy.name} trains on one dataset; several datasets need -t pretrain")
     tasks = [load_task(roots, d, configuration, fold) for d in dataset_ids]
@@ -117,26 +126,62 @@ def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roo
     if checkpoint is not None:
         check_pretrained_topology(checkpoint, tasks[0].plans.configuration(configuration), source, tasks[0].name)
     folder = fold_folder(roots, [t.name for t in tasks], strategy.name, fold, tag)
+    new_root = _first_missing(folder)
+    with run_lock(folder) if _is_main_process() else contextlib.nullcontext():
+        try:
+            _run_fold(tasks, configuration, strategy, folder, settings, checkpoint, source,
+                      resume or resume_from is not None, resume_from)
+        except BaseException:
+            if new_root is not None and not any(folder.glob("checkpoint_*.pt")):
+                _remove_new_folders(folder, new_root)
+            raise
+    return folder
+
+
+def _run_fold(tasks: list[TrainingTask], configuration: str, strategy: Strategy, folder: Path,
+              settings: TrainingSettings, checkpoint: Checkpoint | None, source: str, resume: bool,
+              resume_from: str | Path | None) -> None:
+    """Train and validate in ``folder`` (its lock held): resume first with ``resume``."""
     if not resume and any(folder.glob("checkpoint_*.pt")):
         raise CovtransferError(f"{folder}: already holds checkpoints; use --continue to resume, or delete it")
-    created = not folder.exists()
     trainer = Trainer(tasks, configuration, strategy, folder, settings, checkpoint, source)
     try:
         if resume:
-            trainer.resume()
+            trainer.resume(Path(resume_from) if resume_from is not None else None)
         _copy_run_files(tasks[0], folder.parent)
         trainer.fit()
         if settings.final_validation and trainer.context.is_main:
             for task in tasks:
                 validate_fold(trainer, task, folder / "validation" if len(tasks) == 1
                               else folder / "validation" / task.name)
-    except BaseException:
-        if created and not any(folder.glob("checkpoint_*.pt")):
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
     finally:
         trainer.close()
-    return folder
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` launch (or a plain process): the one that takes the run lock."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (None when ``folder`` exists)."""
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _remove_new_folders(folder: Path, new_root: Path) -> None:
+    """Delete ``folder`` and its parents up to ``new_root``, which this run created; parents only while empty, so a
+    run started beside it meanwhile keeps its folder."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if new_root not in (parent, *parent.parents):
+            break
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def _copy_run_files(task: TrainingTask, run_folder: Path) -> None:

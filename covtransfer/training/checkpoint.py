@@ -1,5 +1,9 @@
 """Checkpoints of a training run: which file to resume from or transfer from. What a checkpoint holds is
 :class:`covtransfer.network.checkpoint.Checkpoint`; reading and writing it is :mod:`covtransfer.network.checkpoint_io`.
+
+``checkpoint_latest.pt`` is written every ``--save-every`` epochs; the one it replaces becomes
+``checkpoint_previous.pt`` (renamed only once the new file is complete), so a damaged latest file still leaves a good
+one to resume from with ``--resume-from``.
 """
 
 from __future__ import annotations
@@ -7,10 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from covtransfer.atomic import remove_leftovers
 from covtransfer.errors import CovtransferError
 from covtransfer.network.checkpoint_io import load_checkpoint
 
-NAMES = ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt")
+LATEST = "checkpoint_latest.pt"
+PREVIOUS = "checkpoint_previous.pt"
+NAMES = ("checkpoint_final.pt", LATEST, "checkpoint_best.pt", PREVIOUS)  # ties in epochs go to the earlier name
+DAMAGED_SUFFIX = ".corrupt"
 
 
 def find_checkpoint(path: str | os.PathLike, which: str = "final") -> Path:
@@ -26,13 +34,53 @@ def find_checkpoint(path: str | os.PathLike, which: str = "final") -> Path:
     raise CovtransferError(f"{path}: no such checkpoint file or run folder")
 
 
+def _read_epochs(folder: Path) -> tuple[list[tuple[int, Path]], list[CovtransferError]]:
+    """The ``(epoch, path)`` of each readable checkpoint of ``folder`` (in :data:`NAMES` order) and the errors of
+    the unreadable ones."""
+    good, bad = [], []
+    for name in NAMES:
+        path = folder / name
+        if path.is_file():
+            try:
+                good.append((load_checkpoint(path).epoch, path))
+            except CovtransferError as exc:
+                bad.append(exc)
+    return good, bad
+
+
 def newest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The checkpoint in ``folder`` with the most completed epochs (final, latest or best), or None."""
-    best: tuple[int, Path] | None = None
+    """The checkpoint in ``folder`` with the most completed epochs, or None; an unreadable one is refused in one
+    line that offers the newest intact checkpoint for ``--resume-from``, so a run never silently goes back."""
+    folder = Path(folder)
+    good, bad = _read_epochs(folder)
+    newest = max(good, key=lambda item: item[0], default=None)  # the first of equals
+    if bad and newest is not None:
+        raise CovtransferError(f"{bad[0]}; {newest[1].name} (epoch {newest[0]}) is intact: pass --resume-from "
+                               f"{newest[1]}")
+    if bad:
+        raise CovtransferError(f"{bad[0]}; no intact checkpoint in {folder} to resume from: delete the folder to "
+                               "start the run again")
+    return newest[1] if newest else None
+
+
+def set_aside_damaged(folder: str | os.PathLike) -> list[Path]:
+    """Rename each unreadable checkpoint of ``folder`` to ``<name>.corrupt`` (kept for inspection, never rotated
+    onto the good previous one); returns the new names."""
+    moved = []
     for name in NAMES:
         path = Path(folder) / name
-        if path.is_file():
-            epoch = load_checkpoint(path).epoch
-            if best is None or epoch > best[0]:
-                best = (epoch, path)
-    return best[1] if best else None
+        if not path.is_file():
+            continue
+        try:
+            load_checkpoint(path)
+        except CovtransferError:
+            target = path.with_name(name + DAMAGED_SUFFIX)
+            os.replace(path, target)
+            moved.append(target)
+    return moved
+
+
+def remove_checkpoint_leftovers(folder: str | os.PathLike) -> None:
+    """Delete temporary checkpoint files a killed run left in ``folder`` (call it while holding the run lock)."""
+    for name in NAMES:
+        remove_leftovers(Path(folder) / name)

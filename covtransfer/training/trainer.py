@@ -29,7 +29,8 @@ from covtransfer.training.augment.deep_supervision import deep_supervision_scale
 from covtransfer.training.augment.pipeline import build_training_pipeline
 from covtransfer.training.batch_stream import BatchStream, batch_loader, seed_for
 from covtransfer.training.case_store import CaseStore
-from covtransfer.training.checkpoint import newest_checkpoint
+from covtransfer.training.checkpoint import (LATEST, PREVIOUS, newest_checkpoint, remove_checkpoint_leftovers,
+                                            set_aside_damaged)
 from covtransfer.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, tp_fp_fn
 from covtransfer.training.run_log import RunLog
 from covtransfer.training.sampler import PatchSampler
@@ -201,16 +202,29 @@ class Trainer:
             rng={"torch": torch.get_rng_state(), "seed": self.settings.seed})
 
     def _save(self, name: str) -> None:
+        """Write a checkpoint (main process); the latest one keeps its predecessor as ``checkpoint_previous.pt``."""
         if self.context.is_main:
-            save_checkpoint(self.output_folder / name, self.checkpoint())
+            previous = self.output_folder / PREVIOUS if name == LATEST else None
+            save_checkpoint(self.output_folder / name, self.checkpoint(), previous)
         distributed.barrier(self.context)
 
-    def resume(self) -> None:
-        """Restore the newest checkpoint of the fold folder (optimizer, scaler, epoch, RNG, history)."""
+    def _resume_path(self, source: Path | None) -> Path:
+        """``source``, with the folder's unreadable checkpoints set aside; else the folder's newest checkpoint."""
+        if source is not None:
+            if self.context.is_main and self.output_folder.is_dir():
+                for moved in set_aside_damaged(self.output_folder):
+                    self.log_line(f"set aside an unreadable checkpoint as {moved.name}")
+            return source
         path = newest_checkpoint(self.output_folder) if self.output_folder.is_dir() else None
         if path is None:
             raise CovtransferError(f"{self.output_folder}: nothing to continue (no checkpoint); "
                                    "start the run without --continue")
+        return path
+
+    def resume(self, source: Path | None = None) -> None:
+        """Restore a checkpoint (optimizer, scaler, epoch, RNG, history): ``source`` (``--resume-from``) or the
+        fold folder's newest, refused in one line when one of the folder's checkpoints is damaged."""
+        path = self._resume_path(source)
         checkpoint = load_checkpoint(path)
         if checkpoint.network_spec != self.spec:
             raise CovtransferError(f"{path}: was trained with another network or plans; cannot continue it here")
@@ -223,7 +237,7 @@ class Trainer:
         self.state = _State(checkpoint.epoch, list(checkpoint.history), checkpoint.ema, checkpoint.best_ema)
         if self.log is not None:
             self.log.write_history(self.state.history)
-        self.log_line(f"resumed from {path.name} after epoch {self.state.epoch}")
+        self.log_line(f"resumed from {path.name if source is None else path} after epoch {self.state.epoch}")
 
     # ----------------------------------------------------------------------------------------- data
     def _streams(self) -> tuple[BatchStream, BatchStream]:
@@ -303,6 +317,7 @@ class Trainer:
         s = self.settings
         if self.context.is_main:
             self.output_folder.mkdir(parents=True, exist_ok=True)
+            remove_checkpoint_leftovers(self.output_folder)
             if self.load_report is not None and self.state.epoch == 0:
                 write_json(self.output_folder / "load_report.json", self.load_report.to_dict())
                 self.log_line(self.load_report.summary())
@@ -315,7 +330,8 @@ class Trainer:
             self._run_epoch(train_batches, val_batches)
         self._save("checkpoint_final.pt")
         if self.context.is_main:
-            (self.output_folder / "checkpoint_latest.pt").unlink(missing_ok=True)
+            (self.output_folder / LATEST).unlink(missing_ok=True)
+            (self.output_folder / PREVIOUS).unlink(missing_ok=True)
         return self.state.history[-1] if self.state.history else {}
 
     def _run_epoch(self, train_batches, val_batches) -> None:
@@ -361,7 +377,7 @@ class Trainer:
             self.state.best_ema = ema
             self._save("checkpoint_best.pt")
         if (epoch + 1) % s.save_every == 0 and epoch + 1 < s.epochs:
-            self._save("checkpoint_latest.pt")
+            self._save(LATEST)
 
     def _validate(self, val_batches) -> tuple[float, float, dict[str, float]]:
         """Mean loss, the pseudo Dice (global TP/FP/FN per class, averaged over classes and tasks) and each task's."""
