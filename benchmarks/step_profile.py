@@ -34,22 +34,20 @@ PRECISIONS = (("bf16", r"bf16|bfloat16"), ("fp16", r"f16|fp16|half|h884|h1688|h1
               ("tf32", r"tf32"), ("fp32", r"f32|fp32|sgemm|float"))
 
 
+def _first_match(name: str, table: tuple[tuple[str, str], ...], default: str) -> str:
+    """The label of the first pattern of ``table`` found in ``name`` (case-insensitive), else ``default``."""
+    lowered = name.lower()
+    return next((label for label, pattern in table if re.search(pattern, lowered)), default)
+
+
 def classify(name: str) -> str:
     """The kind of work an operator or kernel name stands for (``other`` when no pattern matches)."""
-    lowered = name.lower()
-    for kind, pattern in KINDS:
-        if re.search(pattern, lowered):
-            return kind
-    return "other"
+    return _first_match(name, KINDS, "other")
 
 
 def precision(kernel: str) -> str:
     """The floating-point format a CUDA kernel's name carries (``unknown`` when it names none)."""
-    lowered = kernel.lower()
-    for label, pattern in PRECISIONS:
-        if re.search(pattern, lowered):
-            return label
-    return "unknown"
+    return _first_match(kernel, PRECISIONS, "unknown")
 
 
 def _phase(event) -> tuple[str, str]:
