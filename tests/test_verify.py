@@ -137,13 +137,22 @@ def test_images_without_label(dataset):
 
 @pytest.mark.parametrize("relative, expected", [
     ("imagesTr/case_000.nii.gz", "name does not match <case>_<XXXX>.nii.gz"),
-    ("imagesTr/case_000_0000.nii", "name does not match <case>_<XXXX>.nii.gz"),
     ("imagesTr/case_000_01.nii.gz", "name does not match <case>_<XXXX>.nii.gz"),
     ("labelsTr/readme.txt", "name does not match <case>.nii.gz"),
 ])
 def test_file_names_not_matching_the_pattern(dataset, relative, expected):
     (dataset / relative).write_text("x")
     _only_problem(dataset, f"{relative}: {expected}")
+
+
+def test_a_stray_nii_beside_its_nii_gz_is_named_and_the_blank_read_it_causes_is_caught(dataset):
+    """ITK's NIfTI reader looks for ``<name>.nii`` before ``<name>.nii.gz``: a stray ``.nii`` makes the real image
+    read as zeros without an error. The blank CT channel is refused instead of passing silently."""
+    (dataset / "imagesTr" / "case_000_0000.nii").write_text("x")
+    problems = verify_dataset(dataset).problems
+    assert len(problems) == 2 and problems[0].startswith("imagesTr/case_000_0000.nii: name does not match")
+    assert problems[1] == ("imagesTr/case_000_0000.nii.gz: intensities span only 0 to 0: a label map or a blank "
+                           "image, not a CT in Hounsfield units")
 
 
 @pytest.mark.parametrize("relative", ["imagesTr/case_000_0003.nii.gz", "labelsTr/case_009.nii.gz"])

@@ -34,6 +34,15 @@ def file_ending(path: str | os.PathLike) -> str:
     return Path(path).suffix.lower()
 
 
+DANGLING_LINK = "a symlink loop or a link to a missing file"
+
+
+def refuse_dangling_link(path: Path) -> None:
+    """Refuse a symlink that leads nowhere, which directory listings would otherwise skip without a word."""
+    if path.is_symlink() and not path.exists():
+        raise CovtransferError(f"{path}: {DANGLING_LINK}")
+
+
 def _to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     if array.dtype == bool:
         array = array.astype(np.uint8)
@@ -171,14 +180,18 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CovtransferError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel, "
                                "expected a scalar image")
-    if image.GetDimension() != 3:
-        raise CovtransferError(f"{path}: is {image.GetDimension()}-D, expected a 3-D image")
+    _require_3d(path, image.GetDimension())
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError:
         raise CovtransferError(f"{path}: unreadable image (truncated or corrupt voxel data)") from None
     geometry = Geometry(tuple(image.GetSpacing())[::-1], tuple(image.GetOrigin()), tuple(image.GetDirection()))
     return array, geometry
+
+
+def _require_3d(path: str | os.PathLike, dimension: int) -> None:
+    if dimension != 3:
+        raise CovtransferError(f"{path}: is {dimension}-D, expected a 3-D image")
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[tuple[int, int, int], Geometry]:
@@ -193,6 +206,7 @@ def read_geometry(path: str | os.PathLike) -> tuple[tuple[int, int, int], Geomet
         reader.ReadImageInformation()
     except RuntimeError:
         raise CovtransferError(f"{path}: unreadable image header") from None
+    _require_3d(path, reader.GetDimension())
     shape = tuple(int(s) for s in reader.GetSize()[::-1])
     return shape, Geometry(tuple(reader.GetSpacing())[::-1], tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
 

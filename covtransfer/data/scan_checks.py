@@ -18,6 +18,7 @@ SPACING_RANGE_MM = (0.05, 20.0)
 MAX_EXTENT_MM = 2000.0
 MEMORY_FRACTION = 0.8
 BYTES_PER_RESAMPLED_VOXEL = 4 * 6
+MIN_CT_RANGE_HU = 100.0
 
 
 def check_spacing(path: str | os.PathLike, spacing: Sequence[float],
@@ -61,6 +62,27 @@ def check_voxels(path: str | os.PathLike, array: np.ndarray) -> None:
     if nan or inf:
         raise CovtransferError(f"{path}: {nan} NaN and {inf} infinite voxel(s): the scan is corrupt or was "
                                f"exported with undefined padding")
+
+
+def check_volume(path: str | os.PathLike, shape: Sequence[int]) -> None:
+    """Refuse a single slice (an axis of one voxel): a 3-D model needs a volume, and resampling one slice to the
+    model's spacing invents the rest."""
+    if len(shape) == 3 and min(shape) == 1:
+        raise CovtransferError(f"{path}: a single slice ({'x'.join(str(s) for s in shape)} voxels): the 3-D model "
+                               f"needs a volume of several slices")
+
+
+def check_ct_intensities(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Refuse a CT channel that cannot hold Hounsfield units: 8-bit voxels (a windowed or screenshot export) or
+    an intensity range narrower than ``MIN_CT_RANGE_HU`` (a label map or a constant image); a body CT spans air to
+    soft tissue, about 1,000 HU."""
+    if array.dtype in (np.uint8, np.int8, np.bool_):
+        raise CovtransferError(f"{path}: {array.dtype} voxels cannot hold Hounsfield units (-1024 to 3071): the "
+                               f"scan looks like a windowed 8-bit export, not a CT")
+    low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    if high - low < MIN_CT_RANGE_HU:
+        raise CovtransferError(f"{path}: intensities span only {low:g} to {high:g}: a label map or a blank image, "
+                               f"not a CT in Hounsfield units")
 
 
 def check_resampled_memory(path: str | os.PathLike, new_shape: Sequence[int], channels: int = 1) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from covtransfer.data.dataset_json import DatasetInfo, load_dataset_json
-from covtransfer.data.image_io import Geometry, count_nonfinite_nifti, file_ending, read_image
-from covtransfer.data.scan_checks import check_direction, check_extent, check_spacing
+from covtransfer.data.image_io import DANGLING_LINK, Geometry, count_nonfinite_nifti, file_ending, read_image
+from covtransfer.data.scan_checks import (check_ct_intensities, check_direction, check_extent, check_spacing,
+                                          check_volume)
 from covtransfer.errors import CovtransferError
 
 
@@ -42,6 +43,7 @@ class _CaseTask:
     case_id: str
     images: dict[int, Path]
     label: Path | None
+    ct_channels: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -109,18 +111,28 @@ def _nonfinite(path: Path, array: np.ndarray) -> tuple[int, int]:
     return int(np.isnan(array).sum()), int(np.isinf(array).sum())
 
 
-def _header_problems(name: str, shape: tuple, geometry: Geometry, allow_spacing: bool) -> list[str]:
-    """The shared scan checks (spacing and extent unless ``allow_spacing``, direction) of one image, as problems."""
+def _problems(name: str, checks: list[tuple]) -> list[str]:
+    """Run shared scan checks ``(check, arguments)`` on one image; their refusals, collected as problems."""
     problems = []
-    checks = [(check_direction, (geometry.direction,))]
-    if not allow_spacing:
-        checks = [(check_spacing, (geometry.spacing,)), (check_extent, (shape, geometry.spacing))] + checks
     for check, arguments in checks:
         try:
             check(name, *arguments)
         except CovtransferError as exc:
             problems.append(str(exc))
     return problems
+
+
+def _header_problems(name: str, shape: tuple, geometry: Geometry, allow_spacing: bool) -> list[str]:
+    """The header checks (spacing and extent unless ``allow_spacing``, direction) of one image, as problems."""
+    checks = [(check_direction, (geometry.direction,))]
+    if not allow_spacing:
+        checks = [(check_spacing, (geometry.spacing,)), (check_extent, (shape, geometry.spacing))] + checks
+    return _problems(name, checks)
+
+
+def _voxel_problems(name: str, array: np.ndarray, is_ct: bool) -> list[str]:
+    """The voxel checks (a volume; Hounsfield-unit values for a CT channel) of one image, as problems."""
+    return _problems(name, [(check_volume, (array.shape,))] + ([(check_ct_intensities, (array,))] if is_ct else []))
 
 
 def _check_images(folder: Path, task: _CaseTask, result: _CaseResult,
@@ -141,6 +153,7 @@ def _check_images(folder: Path, task: _CaseTask, result: _CaseResult,
         if nan or inf:
             result.problems.append(f"{name}: {nan} NaN and {inf} Inf voxels")
         result.problems += _header_problems(name, array.shape, geometry, allow_spacing)
+        result.problems += _voxel_problems(name, array, channel in task.ct_channels)
         if reference is None:
             reference = (name, array.shape, geometry)
             result.spacing = tuple(float(s) for s in geometry.spacing)
@@ -199,7 +212,7 @@ def _scan_images(folder: Path, subset: str, info: DatasetInfo, problems: list[st
     for path in _visible_entries(directory):
         match = pattern.fullmatch(path.name)
         if not path.is_file():
-            problems.append(f"{_rel(path, folder)}: not a file")
+            problems.append(f"{_rel(path, folder)}: {DANGLING_LINK if path.is_symlink() and not path.exists() else 'not a file'}")
         elif match is None:
             problems.append(f"{_rel(path, folder)}: name does not match <case>_<XXXX>{ending} "
                             f"(4-digit channel index, ending from dataset.json)")
@@ -226,7 +239,7 @@ def _scan_labels(folder: Path, subset: str, ending: str, problems: list[str]) ->
     labels = {}
     for path in _visible_entries(folder / f"labels{subset}"):
         if not path.is_file():
-            problems.append(f"{_rel(path, folder)}: not a file")
+            problems.append(f"{_rel(path, folder)}: {DANGLING_LINK if path.is_symlink() and not path.exists() else 'not a file'}")
         elif not path.name.endswith(ending) or path.name == ending:
             problems.append(f"{_rel(path, folder)}: name does not match <case>{ending} (ending from dataset.json)")
         else:
@@ -246,7 +259,8 @@ def _plan_subset(folder: Path, subset: str, info: DatasetInfo, problems: list[st
         for case_id in sorted(set(by_case) - set(labels)):
             problems.append(f"labels{subset}/{case_id}{info.file_ending}: missing (case {case_id} has images in "
                             f"images{subset})")
-    return [_CaseTask(case_id, by_case[case_id], labels.get(case_id)) for case_id in sorted(by_case)]
+    ct_channels = frozenset(c for c, name in info.channel_names.items() if name.upper() == "CT")
+    return [_CaseTask(case_id, by_case[case_id], labels.get(case_id), ct_channels) for case_id in sorted(by_case)]
 
 
 def _summary(folder: Path, info: DatasetInfo, n_train: int, n_test: int, results: list[_CaseResult]) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 
 from covtransfer.atomic import atomic_path, write_json
 from covtransfer.data.dataset_json import load_dataset_json
-from covtransfer.data.image_io import SUPPORTED_ENDINGS, file_ending, read_image
+from covtransfer.data.image_io import SUPPORTED_ENDINGS, file_ending, read_image, refuse_dangling_link
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.metrics import METRIC_NAMES, case_metrics, empty_label_row
 
@@ -41,6 +41,7 @@ def list_images(folder: str | os.PathLike) -> dict[str, Path]:
         raise CovtransferError(f"{folder}: folder not found")
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
+        refuse_dangling_link(path)
         ending = file_ending(path)
         if not path.is_file() or ending not in SUPPORTED_ENDINGS or path.name.startswith("."):
             continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covtransfer.data.dicom_io import series_folders
-from covtransfer.data.image_io import SUPPORTED_ENDINGS, file_ending, read_geometry
+from covtransfer.data.image_io import SUPPORTED_ENDINGS, file_ending, read_geometry, refuse_dangling_link
 from covtransfer.data.scan_checks import check_header
 from covtransfer.errors import CovtransferError
 
@@ -71,7 +71,10 @@ def _group_channels(files: list[Path]) -> list[InputCase]:
 
 
 def _folder_cases(folder: Path) -> list[InputCase]:
-    files = sorted(p for p in folder.iterdir() if _is_image(p))
+    entries = sorted(folder.iterdir())
+    for entry in entries:
+        refuse_dangling_link(entry)
+    files = [p for p in entries if _is_image(p)]
     if not files:
         endings = ", ".join(SUPPORTED_ENDINGS)
         raise CovtransferError(f"{folder}: no image files to predict (looked for {endings})")

@@ -17,7 +17,7 @@ import numpy as np
 
 from covtransfer.data.cropping import crop_to_nonzero
 from covtransfer.data.image_io import Geometry, file_ending, read_image
-from covtransfer.data.scan_checks import check_resampled_memory, check_voxels
+from covtransfer.data.scan_checks import check_ct_intensities, check_resampled_memory, check_voxels, check_volume
 from covtransfer.errors import CovtransferError
 from covtransfer.plans import Plans
 from covtransfer.preprocessing.normalization import normalize
@@ -116,6 +116,15 @@ class CasePreprocessor:
         }
         return data, seg_array, properties
 
+    def check_scan(self, path: str | os.PathLike, array: np.ndarray, channel: int) -> None:
+        """The voxel checks of one channel file before any work: a volume, finite voxels, and for a CT channel
+        values that can be Hounsfield units."""
+        check_volume(path, array.shape)
+        check_voxels(path, array)
+        normalization = self.configuration.normalization
+        if channel < len(normalization) and normalization[channel].scheme == "CT":
+            check_ct_intensities(path, array)
+
     def run_files(self, image_paths: Sequence[str | os.PathLike], label_path: str | os.PathLike | None = None,
                   case_id: str | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
         """Read the channel files (and label file) of one case and preprocess them; shapes must agree."""
@@ -124,9 +133,9 @@ class CasePreprocessor:
             raise CovtransferError("no image files given")
         case_id = case_id or case_id_from_image(image_paths[0])
         images, geometry = [], None
-        for path in image_paths:
+        for channel, path in enumerate(image_paths):
             array, this_geometry = read_image(path)
-            check_voxels(path, array)
+            self.check_scan(path, array, channel)
             if geometry is None:
                 geometry = this_geometry
             elif array.shape != images[0].shape:
