@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from covtransfer.cli import evaluate, plan_and_preprocess, predict, verify
 from covtransfer.cli.common import run_cli
-from covtransfer.data.image_io import Geometry, write_image
+from covtransfer.data.image_io import Geometry, read_image, write_image
 from covtransfer.plans import ChannelNormalization
 from test_inference import make_plans, save_checkpoint
 from tiny_data import write_raw_dataset
@@ -173,6 +173,32 @@ def test_plan_and_preprocess_refuses_and_writes_nothing(tmp_path, capsys, row):
     captured = capsys.readouterr()
     assert code != 0 and image.name in captured.err and row.needle in captured.err, captured.out + captured.err
     assert not list(preprocessed.rglob("*.npz"))
+
+
+def test_predict_refuses_a_resampling_beyond_memory_even_with_allow_spacing(tmp_path, results, capsys):
+    images = tmp_path / "images"
+    _write(images / "a_0000.nii.gz", ct_image(), spacing=(1000.0, 1000.0, 1000.0))
+    out = tmp_path / "out"
+    code = run_cli(predict.main, ["-i", str(images), "-o", str(out), "-d", "1", "-t", "scratch", "-f", "0",
+                                  "--results", str(results), "--quiet", "--allow-spacing"])
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and warning.startswith("warning: ") and "--allow-spacing" in warning
+    assert error.startswith("error: ") and "a_0000.nii.gz: resampling to" in error and "GiB" in error
+    assert _files(out) == []
+
+
+def test_plan_and_preprocess_puts_a_single_problem_on_one_line(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    image = write_raw_dataset(raw, 1, "Blob", n_train=2, shape=SHAPE) / "imagesTr" / f"{CASE}_0000.nii.gz"
+    array, geometry = read_image(image)
+    array[3] = np.nan
+    write_image(image, array, geometry)
+    preprocessed = tmp_path / "preprocessed"
+    code = run_cli(plan_and_preprocess.main, ["-d", "1", "--raw", str(raw), "--preprocessed", str(preprocessed),
+                                              "--preset", "cpu", "-np", "1"])
+    message = _one_line(capsys.readouterr().err)
+    assert code != 0 and f"imagesTr/{CASE}_0000.nii.gz: " in message and "NaN" in message
+    assert message.endswith("(nothing written; see covtransfer_verify)") and not list(preprocessed.rglob("*.npz"))
 
 
 def test_a_10_mm_slice_stack_is_a_valid_ct_and_is_predicted(tmp_path, results):

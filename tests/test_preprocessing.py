@@ -342,7 +342,8 @@ def test_cli_refuses_a_broken_dataset_and_writes_nothing(tmp_path):
     (raw / "labelsTr" / "test_002.nii.gz").unlink()
     with pytest.raises(CovtransferError) as info:
         plan_and_preprocess_main(["-d", "1", "-np", "1", *roots_args(tmp_path)])
-    assert "problem" in str(info.value).splitlines()[0] and "test_002" in str(info.value)
+    [line] = str(info.value).splitlines()  # one problem: one line, naming the file
+    assert "labelsTr/test_002.nii.gz: missing" in line and line.endswith("(nothing written; see covtransfer_verify)")
     assert not (tmp_path / "pre").exists()
     assert run_cli(plan_and_preprocess_main, ["-d", "1", "-np", "1", *roots_args(tmp_path)]) == 1
 

@@ -62,8 +62,10 @@ class CasePreprocessor:
         self.foreground_labels = sorted(v for v in set(plans.labels.values()) if v > 0)
 
     def run(self, images: Sequence[np.ndarray], geometry: Geometry, seg: np.ndarray | None = None,
-            case_id: str = "case") -> tuple[np.ndarray, np.ndarray | None, dict]:
+            case_id: str = "case", source: str | os.PathLike | None = None
+            ) -> tuple[np.ndarray, np.ndarray | None, dict]:
         """Preprocess channel arrays (each Z, Y, X) and an optional label map; returns ``(data, seg, properties)``.
+        ``source``, the first channel's file when known, is what a refusal names.
 
         ``data`` is float32 (C, Z, Y, X); ``seg`` is int8 (1, Z, Y, X) with -1 outside the non-zero mask, or None.
         The inputs are not modified.
@@ -92,7 +94,7 @@ class CasePreprocessor:
 
         target = [float(s) for s in self.configuration.spacing]
         new_shape = compute_new_shape(shape_after_cropping, spacing, target)
-        check_resampled_memory(f"case {case_id}", new_shape, len(arrays))
+        check_resampled_memory(source or f"case {case_id}", new_shape, len(arrays))
         settings = self.configuration.resampling
         data = resample_image(data, spacing, target, new_shape, settings.order_data, settings.order_z,
                               settings.anisotropy_threshold)
@@ -148,7 +150,7 @@ class CasePreprocessor:
             if seg.shape != images[0].shape:
                 raise CovtransferError(f"{label_path}: label shape {list(seg.shape)} differs from image shape "
                                        f"{list(images[0].shape)} of {image_paths[0].name}")
-        return self.run(images, geometry, seg, case_id)
+        return self.run(images, geometry, seg, case_id, image_paths[0])
 
 
 def _as_label_map(seg: np.ndarray, case_id: str) -> np.ndarray:

@@ -26,11 +26,13 @@ from covtransfer.preprocessing.run import preprocess_dataset
 
 def _refuse_if_broken(raw_folder: Path, num_processes: int, allow_spacing: bool) -> None:
     report = verify_dataset(raw_folder, num_processes, allow_spacing)
-    if not report.ok:
-        count = len(report.problems)
-        lines = "\n".join(f"  {problem}" for problem in report.problems)
-        raise CovtransferError(f"{raw_folder}: {count} problem{'s' if count != 1 else ''} found, nothing written "
-                               f"(fix them or see covtransfer_verify):\n{lines}")
+    if report.ok:
+        return
+    if len(report.problems) == 1:
+        raise CovtransferError(f"{raw_folder}/{report.problems[0]} (nothing written; see covtransfer_verify)")
+    lines = "\n".join(f"  {problem}" for problem in report.problems)
+    raise CovtransferError(f"{raw_folder}: {len(report.problems)} problems found, nothing written "
+                           f"(fix them or see covtransfer_verify):\n{lines}")
 
 
 def _target_plans_path(roots: Roots, target: str | int) -> Path:
