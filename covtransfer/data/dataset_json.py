@@ -33,6 +33,11 @@ class DatasetInfo:
         return len(self.channel_names)
 
     @property
+    def ct_channels(self) -> frozenset[int]:
+        """The channels named ``CT`` (any case, surrounding blanks ignored): CT-normalised, in Hounsfield units."""
+        return frozenset(c for c, name in self.channel_names.items() if name.strip().lower() == "ct")
+
+    @property
     def label_values(self) -> list[int]:
         """All declared label values, sorted (background 0 included)."""
         return sorted(set(self.labels.values()))

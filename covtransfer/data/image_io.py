@@ -37,9 +37,14 @@ def file_ending(path: str | os.PathLike) -> str:
 DANGLING_LINK = "a symlink loop or a link to a missing file"
 
 
+def is_dangling_link(path: Path) -> bool:
+    """Whether ``path`` is a symlink that leads nowhere (a loop or a missing target)."""
+    return path.is_symlink() and not path.exists()
+
+
 def refuse_dangling_link(path: Path) -> None:
     """Refuse a symlink that leads nowhere, which directory listings would otherwise skip without a word."""
-    if path.is_symlink() and not path.exists():
+    if is_dangling_link(path):
         raise CovtransferError(f"{path}: {DANGLING_LINK}")
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from covtransfer.data.dataset_json import DatasetInfo, load_dataset_json
-from covtransfer.data.image_io import DANGLING_LINK, Geometry, count_nonfinite_nifti, file_ending, read_image
+from covtransfer.data.image_io import (DANGLING_LINK, Geometry, count_nonfinite_nifti, file_ending, is_dangling_link,
+                                       read_image)
 from covtransfer.data.scan_checks import (check_ct_intensities, check_direction, check_extent, check_spacing,
                                           check_volume)
 from covtransfer.errors import CovtransferError
@@ -199,6 +200,11 @@ def _check_case(folder: Path, task: _CaseTask, declared: tuple[int, ...], allow_
     return result
 
 
+def _not_a_file(path: Path, folder: Path) -> str:
+    """The problem of a directory entry that is no regular file: a dangling symlink, or a folder or device."""
+    return f"{_rel(path, folder)}: {DANGLING_LINK if is_dangling_link(path) else 'not a file'}"
+
+
 def _visible_entries(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
 
@@ -212,7 +218,7 @@ def _scan_images(folder: Path, subset: str, info: DatasetInfo, problems: list[st
     for path in _visible_entries(directory):
         match = pattern.fullmatch(path.name)
         if not path.is_file():
-            problems.append(f"{_rel(path, folder)}: {DANGLING_LINK if path.is_symlink() and not path.exists() else 'not a file'}")
+            problems.append(_not_a_file(path, folder))
         elif match is None:
             problems.append(f"{_rel(path, folder)}: name does not match <case>_<XXXX>{ending} "
                             f"(4-digit channel index, ending from dataset.json)")
@@ -239,7 +245,7 @@ def _scan_labels(folder: Path, subset: str, ending: str, problems: list[str]) ->
     labels = {}
     for path in _visible_entries(folder / f"labels{subset}"):
         if not path.is_file():
-            problems.append(f"{_rel(path, folder)}: {DANGLING_LINK if path.is_symlink() and not path.exists() else 'not a file'}")
+            problems.append(_not_a_file(path, folder))
         elif not path.name.endswith(ending) or path.name == ending:
             problems.append(f"{_rel(path, folder)}: name does not match <case>{ending} (ending from dataset.json)")
         else:
@@ -259,8 +265,7 @@ def _plan_subset(folder: Path, subset: str, info: DatasetInfo, problems: list[st
         for case_id in sorted(set(by_case) - set(labels)):
             problems.append(f"labels{subset}/{case_id}{info.file_ending}: missing (case {case_id} has images in "
                             f"images{subset})")
-    ct_channels = frozenset(c for c, name in info.channel_names.items() if name.upper() == "CT")
-    return [_CaseTask(case_id, by_case[case_id], labels.get(case_id), ct_channels) for case_id in sorted(by_case)]
+    return [_CaseTask(case_id, by_case[case_id], labels.get(case_id), info.ct_channels) for case_id in sorted(by_case)]
 
 
 def _summary(folder: Path, info: DatasetInfo, n_train: int, n_test: int, results: list[_CaseResult]) -> str:

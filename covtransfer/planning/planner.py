@@ -83,7 +83,7 @@ def channel_normalizations(info: DatasetInfo, intensity_properties: dict) -> lis
     schemes = []
     for channel in range(info.num_channels):
         name = info.channel_names[channel].strip().lower()
-        if name == "ct":
+        if channel in info.ct_channels:
             props = intensity_properties.get(str(channel))
             if props is None:
                 raise CovtransferError(f"dataset {info.name}: fingerprint has no intensity statistics for channel "

@@ -34,9 +34,9 @@ def find_checkpoint(path: str | os.PathLike, which: str = "final") -> Path:
     raise CovtransferError(f"{path}: no such checkpoint file or run folder")
 
 
-def _read_epochs(folder: Path) -> tuple[list[tuple[int, Path]], list[CovtransferError]]:
-    """The ``(epoch, path)`` of each readable checkpoint of ``folder`` (in :data:`NAMES` order) and the errors of
-    the unreadable ones."""
+def _read_epochs(folder: Path) -> tuple[list[tuple[int, Path]], list[tuple[Path, CovtransferError]]]:
+    """The ``(epoch, path)`` of each readable checkpoint of ``folder`` (in :data:`NAMES` order) and the
+    ``(path, error)`` of the unreadable ones."""
     good, bad = [], []
     for name in NAMES:
         path = folder / name
@@ -44,7 +44,7 @@ def _read_epochs(folder: Path) -> tuple[list[tuple[int, Path]], list[Covtransfer
             try:
                 good.append((load_checkpoint(path).epoch, path))
             except CovtransferError as exc:
-                bad.append(exc)
+                bad.append((path, exc))
     return good, bad
 
 
@@ -55,10 +55,10 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path | None:
     good, bad = _read_epochs(folder)
     newest = max(good, key=lambda item: item[0], default=None)  # the first of equals
     if bad and newest is not None:
-        raise CovtransferError(f"{bad[0]}; {newest[1].name} (epoch {newest[0]}) is intact: pass --resume-from "
+        raise CovtransferError(f"{bad[0][1]}; {newest[1].name} (epoch {newest[0]}) is intact: pass --resume-from "
                                f"{newest[1]}")
     if bad:
-        raise CovtransferError(f"{bad[0]}; no intact checkpoint in {folder} to resume from: delete the folder to "
+        raise CovtransferError(f"{bad[0][1]}; no intact checkpoint in {folder} to resume from: delete the folder to "
                                "start the run again")
     return newest[1] if newest else None
 
@@ -67,16 +67,10 @@ def set_aside_damaged(folder: str | os.PathLike) -> list[Path]:
     """Rename each unreadable checkpoint of ``folder`` to ``<name>.corrupt`` (kept for inspection, never rotated
     onto the good previous one); returns the new names."""
     moved = []
-    for name in NAMES:
-        path = Path(folder) / name
-        if not path.is_file():
-            continue
-        try:
-            load_checkpoint(path)
-        except CovtransferError:
-            target = path.with_name(name + DAMAGED_SUFFIX)
-            os.replace(path, target)
-            moved.append(target)
+    for path, _ in _read_epochs(Path(folder))[1]:
+        target = path.with_name(path.name + DAMAGED_SUFFIX)
+        os.replace(path, target)
+        moved.append(target)
     return moved
 
 
