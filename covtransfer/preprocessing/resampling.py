@@ -2,7 +2,8 @@
 
 The spacings decide the new shape and the separate-z axis; :func:`covtransfer.preprocessing.resize.resize` does the
 interpolation. Label maps interpolate each label's mask (linear by default, in float64, so that only true ties sit at
-exactly 0.5) with the numpy engine's operators restricted to the slabs and boxes that hold the label.
+exactly 0.5) with the numpy engine's operators restricted to the slabs and boxes that hold the label; a tie goes to the
+nearest-neighbour label, as in nnU-Net 2.8.1 (batchgenerators' ``seg_tiebreak='nearest'``).
 
 Separate-z: when the spacing is anisotropic (max/min above a threshold) and exactly one axis is the coarse one,
 that axis is interpolated with ``order_z`` (nearest by default) and the other two with ``order``.
@@ -18,8 +19,8 @@ from covtransfer.data.cropping import bounding_box
 from covtransfer.preprocessing.resize import axis_orders, resize
 from covtransfer.preprocessing.resize_numpy import AxisOperator, axis_operators, resample_volume
 
-# 0.5 less float64 rounding: a tie in exact arithmetic goes to the later label, as it does in nnU-Net's rule
-_LABEL_THRESHOLD = 0.5 - 1e-9
+# A mask value within float64 rounding of 0.5 is a tie in exact arithmetic: the nearest-neighbour label settles it
+_TIE_TOLERANCE = 1e-9
 
 
 def compute_new_shape(shape: Sequence[int], current_spacing: Sequence[float],
@@ -88,9 +89,23 @@ def _slabs(present: np.ndarray, operator: AxisOperator | None) -> list[tuple[int
     return merged
 
 
+class _NearestLabels:
+    """The label map resized by nearest neighbour, made on the first tie and kept for the others."""
+
+    def __init__(self, seg: np.ndarray, new_shape: Sequence[int]):
+        self.seg, self.new_shape, self.labels = seg, new_shape, None
+
+    def __call__(self) -> np.ndarray:
+        if self.labels is None:
+            nearest = resize(self.seg[None].astype(np.float32), self.new_shape, 0)[0]
+            self.labels = nearest.astype(self.seg.dtype)
+        return self.labels
+
+
 def _resample_mask_into(out: np.ndarray, seg: np.ndarray, label: int, region: np.ndarray,
-                        full: dict[int, AxisOperator]) -> None:
-    """Interpolate the mask ``seg == label`` where ``region`` says it can matter and write ``label`` where >= 0.5."""
+                        full: dict[int, AxisOperator], nearest: _NearestLabels) -> None:
+    """Interpolate the mask ``seg == label`` where ``region`` says it can matter and write ``label`` where it is
+    above 0.5, or at 0.5 where the nearest-neighbour label is ``label``."""
     for z0, z1 in _slabs(region.any(axis=(1, 2)), full.get(0)):
         box = bounding_box(region[z0:z1])
         box[0] = [z0, z1]
@@ -106,7 +121,11 @@ def _resample_mask_into(out: np.ndarray, seg: np.ndarray, label: int, region: np
             operators[axis] = op
         mask = (seg[tuple(in_slices)] == label).astype(np.float64)
         resized = resample_volume(mask, operators)
-        out[tuple(out_slices)][resized >= _LABEL_THRESHOLD] = label
+        target = out[tuple(out_slices)]
+        target[resized > 0.5 + _TIE_TOLERANCE] = label
+        tie = np.abs(resized - 0.5) <= _TIE_TOLERANCE
+        if tie.any():
+            target[tie & (nearest()[tuple(out_slices)] == label)] = label
 
 
 def resample_labels(seg: np.ndarray, current_spacing: Sequence[float], target_spacing: Sequence[float],
@@ -114,9 +133,11 @@ def resample_labels(seg: np.ndarray, current_spacing: Sequence[float], target_sp
                     anisotropy_threshold: float = 3.0) -> np.ndarray:
     """Resample a label map (Z, Y, X) by interpolating each label's mask (linear by default) and thresholding at 0.5.
 
-    Labels are taken in ascending order and a later one wins a tie, as in nnU-Net. Background 0 is the fill, so it
-    is interpolated only where a negative label (outside the non-zero mask) could lose a tie to it; each label is
-    interpolated only in the slabs and boxes that hold it. The dtype of ``seg`` is kept.
+    A label wins a voxel where its mask is above 0.5, and an exact tie (two labels at 0.5) goes to the
+    nearest-neighbour label, as nnU-Net 2.8.1 resamples; where three or more labels meet and none passes 0.5, the
+    voxel keeps the fill (nnU-Net takes the largest mask there). Background 0 is the fill, so it is interpolated only
+    where a negative label (outside the non-zero mask) could lose a tie to it; each label is interpolated only in
+    the slabs and boxes that hold it. The dtype of ``seg`` is kept.
     """
     seg = np.asarray(seg)
     if seg.ndim != 3:
@@ -129,15 +150,16 @@ def resample_labels(seg: np.ndarray, current_spacing: Sequence[float], target_sp
     out = np.zeros(new_shape, dtype=seg.dtype)
     if seg.size == 0:
         return out
+    nearest = _NearestLabels(seg, new_shape)
     lowest, highest = int(seg.min()), int(seg.max())
     for label in range(lowest, highest + 1):
         if label == 0:
             if lowest < 0:
-                _resample_mask_into(out, seg, 0, seg < 0, full)
+                _resample_mask_into(out, seg, 0, seg < 0, full, nearest)
             continue
         region = seg == label
         if region.any():
-            _resample_mask_into(out, seg, label, region, full)
+            _resample_mask_into(out, seg, label, region, full, nearest)
     return out
 
 
