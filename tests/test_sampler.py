@@ -123,16 +123,19 @@ def test_image_smaller_than_patch_is_centred_and_padded(tmp_path):
     write_case(tmp_path, "s", coordinate_volume(shape), seg)
     store = CaseStore(tmp_path, ["s"])
     sampler = PatchSampler(store, ["s"], (8, 10, 12), (8, 10, 12), batch_size=2, oversample_foreground=0.5)
+    z_starts = set()
     for k in range(30):
         images, labels = sampler.sample(np.random.default_rng(k))
         assert images.shape == (2, 1, 8, 10, 12)
         for image, label in zip(images, labels):
             start = patch_origin(image)
-            assert tuple(start[:2]) == (-1, -2)  # centred: z shortfall 3 split 1 before + 2 after, y 2 + 2
+            z_starts.add(int(start[0]))
+            assert start[1] == -2  # y shortfall 4: 2 voxels of padding on either side
             inside = image[0] > 0
             assert inside.sum(axis=(1, 2)).tolist().count(6 * 12) == 5  # all five z slices, six full rows each
             assert ((label[0] == -1) == ~inside).all() and (image[0][~inside] == 0).all()
         assert (labels[1] == 1).sum() == 1  # the forced sample holds the single foreground voxel
+    assert z_starts == {-2, -1}  # z shortfall 3: 1 or 2 voxels of padding before, as nnU-Net draws it
 
 
 def test_case_store_unpacks_once_and_refuses_missing_cases(tmp_path):
@@ -199,15 +202,27 @@ def test_bounds_by_hand_as_nnunet(corner_lesion):
     """Start ranges take half of ``max(margin, patch - image)`` past each border (nnU-Net's data loader)."""
     # the demo's cpu-preset patch (final 24x56x56, loaded at 57x89x71) on an anisotropic 50x104x118 image:
     # margins (33, 33, 15); z is short by 7 but the margin wins, so pads are (33, 33, 15):
-    # lower -(33 // 2, 33 // 2, 15 // 2) = (-16, -16, -7); upper image - patch + ceil(pad / 2) = (-7+17, 15+17, 47+8)
+    # nnU-Net's get_bbox takes lower (-pad) // 2 = -ceil(pad / 2) and upper image - patch + ceil(pad / 2):
+    # lower (-17, -17, -8); upper (-7+17, 15+17, 47+8)
     sampler = PatchSampler(corner_lesion, ["a"], (57, 89, 71), (24, 56, 56), batch_size=2)
     lower, upper = sampler.bounds((50, 104, 118))
-    assert lower.tolist() == [-16, -16, -7] and upper.tolist() == [10, 32, 55]
-    # an image smaller than the patch along z and y and no margin: centred, the odd shortfall's extra voxel after
+    assert lower.tolist() == [-17, -17, -8] and upper.tolist() == [10, 32, 55]
+    # an image smaller than the patch along z and y and no margin: the odd shortfall (3) reaches 2 voxels out on
+    # either side, as nnU-Net's rounding does, the even one (4) 2
     sampler = PatchSampler(corner_lesion, ["a"], (8, 10, 12), (8, 10, 12), batch_size=2)
     lower, upper = sampler.bounds((5, 6, 30))
-    assert lower.tolist() == [-1, -2, 0] and upper.tolist() == [-1, -2, 18]
+    assert lower.tolist() == [-2, -2, 0] and upper.tolist() == [-1, -2, 18]
     # smaller than the patch by more than the margin: the shortfall wins over the margin
     sampler = PatchSampler(corner_lesion, ["a"], (12, 16, 16), (10, 14, 16), batch_size=2)
     lower, upper = sampler.bounds((4, 15, 40))
     assert lower.tolist() == [-4, -1, 0] and upper.tolist() == [-4, 0, 24]
+
+
+@pytest.mark.parametrize("pad", [1, 2, 3, 4, 7, 33])
+def test_bounds_equal_nnunets_rule_for_odd_and_even_padding(corner_lesion, pad):
+    """Lowest start -ceil(pad / 2), highest image - patch + ceil(pad / 2), from nnU-Net's integer expressions."""
+    patch, image = 40, 40 - pad
+    sampler = PatchSampler(corner_lesion, ["a"], (patch, 8, 8), (patch, 8, 8), batch_size=2)
+    lower, upper = sampler.bounds((image, 8, 8))
+    assert lower[0] == - pad // 2  # Python binds the minus first: floor(-pad / 2)
+    assert upper[0] == image + pad // 2 + pad % 2 - patch

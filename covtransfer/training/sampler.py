@@ -45,7 +45,7 @@ class PatchSampler:
         """Lowest and highest patch start per axis for an image of ``shape`` (both inclusive)."""
         shape = np.asarray(shape, dtype=np.int64)
         pad = np.maximum(self.margin, self.patch_size - shape)
-        lower = -(pad // 2)
+        lower = (-pad) // 2  # -ceil(pad / 2): an odd padding reaches one voxel further below than above
         upper = shape - self.patch_size + (pad + 1) // 2
         return lower, upper
 

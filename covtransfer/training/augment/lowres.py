@@ -3,8 +3,9 @@ then linear upsampling back to the original size.
 
 Each channel has its own zoom (the same on every axis), so the low-resolution grids differ in size; instead of one
 interpolate call per channel, both steps are expressed per axis as index gathers with interpolation weights, which
-matches ``F.interpolate`` (``nearest`` down, ``trilinear`` up with ``align_corners=False``) and vectorises over
-channels. ``ignore_axes`` keeps full resolution along those axes (the z axis of dummy-2D patches).
+matches ``F.interpolate`` (``nearest-exact`` down, ``trilinear`` up with ``align_corners=False``) and vectorises over
+channels. Downsampling takes the voxel at the centre of each block, the point that upsampling assumes, so the image
+stays on its (unchanged) label; taking the block's first voxel (``nearest``) would shift it by up to a voxel. ``ignore_axes`` keeps full resolution along those axes (the z axis of dummy-2D patches).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from covtransfer.training.augment.sampling import coin, uniform
 def lowres_indices(length: int, zooms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices (n, length) of the two low-resolution neighbours of each output voxel, and the upper one's weight.
 
-    A low-resolution grid of ``l = round(length * zoom)`` voxels takes voxel ``floor(j * length / l)`` (nearest
-    downsampling); output voxel ``o`` sits at ``(o + 0.5) * l / length - 0.5`` on that grid (linear upsampling).
+    A low-resolution grid of ``l = round(length * zoom)`` voxels takes voxel ``floor((j + 0.5) * length / l)``, the
+    centre of block ``j`` (nearest-exact downsampling); output voxel ``o`` sits at ``(o + 0.5) * l / length - 0.5`` on
+    that grid (linear upsampling).
     """
     low = torch.clamp(torch.round(length * zooms), min=1).long()[:, None]
     outputs = torch.arange(length, dtype=torch.float64)[None, :]
@@ -29,7 +31,10 @@ def lowres_indices(length: int, zooms: torch.Tensor) -> tuple[torch.Tensor, torc
     below = torch.minimum(position.floor().long(), low - 1)
     above = torch.minimum(below + 1, low - 1)
     weight = position - below
-    return below * length // low, above * length // low, weight.clamp(max=1)
+
+    def source(j: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((2 * j + 1) * length // (2 * low), max=length - 1)
+    return source(below), source(above), weight.clamp(max=1)
 
 
 def _resample_axis(volumes: torch.Tensor, zooms: torch.Tensor, dim: int) -> torch.Tensor:
