@@ -7,24 +7,25 @@ never tuned on; ``--data-round`` moves to the next unseen draw): ``covid`` (4 tr
 1. writes the raw dataset and plans and preprocesses it with covtransfer (``--preset cpu``);
 2. plans it with nnU-Net in a separate virtual environment and overwrites nnU-Net's ``3d_fullres`` with covtransfer's
    spacing, transpose, patch, batch and topology, then preprocesses it with nnU-Net (``learning_nnunet.py``);
-3. trains both tools on every training case (fold ``all``) for each seed, fp32 on the CPU, with the same epochs,
-   iterations per epoch and validation iterations; nnU-Net through its own trainer class, only the schedule changed;
-4. predicts the test cases without mirroring and scores both tools with covtransfer's evaluator (DSC, NSD at 3 mm),
+3. trains three arms on every training case (fold ``all``) for each seed, fp32 on the CPU, with the same epochs,
+   iterations per epoch and validation iterations: covtransfer with its heads at the foreground prior (its default),
+   covtransfer with nnU-Net's zero-bias heads (``variant_train.py``), and nnU-Net through its own trainer class,
+   only the schedule changed;
+4. predicts the test cases without mirroring and scores every arm with covtransfer's evaluator (DSC, NSD at 3 mm),
    cross-checked against DeepMind's ``surface-distance`` in the nnU-Net environment.
 
-The report gives, per dataset, mean ± sd across seeds and each run's take-off epoch (first epoch whose EMA pseudo
-Dice exceeds ``TAKEOFF_DICE``), then the paired per-case difference covtransfer − nnU-Net (each case averaged over
-seeds) with its bootstrap 95 % CI and Wilcoxon p, once over all seeds and once over the seeds where both tools took
-off, so that a take-off failure and a slower learner are told apart; and the wall time of every run.
-
-Outputs under ``--work``: ``learning.json`` (every run, per case), ``learning.md`` (the report) and
-``learning_curves.png`` (EMA pseudo Dice per epoch of every run). Runs are resumable: a finished run
-(``runs/<tool>_<dataset>_<seed>/scores.json``) is not repeated.
+Each finished run writes ``<tool>_<init>_<dataset>_<seed>.json`` into ``--results`` (``benchmarks/results/learning``
+by default; ``learning_runs.py``), and ``--commit`` commits it at once, so the benchmark grows in slices that survive
+the session that ran them. A run whose file is there is not trained again (nnU-Net's runs are made once and kept); a
+covtransfer run made by an older training engine is stale and trained again. ``--budget-minutes`` starts no run that
+the wall times of earlier runs say cannot finish in time. The report (``learning.md`` and ``learning_curves.png``
+beside the run files; ``learning_report.py``) is written from whatever runs are there and names the missing ones.
 
 Usage::
 
     python -m venv /tmp/nnunet && /tmp/nnunet/bin/pip install torch==2.13.0 nnunetv2==2.8.1 surface-distance
-    python benchmarks/learning.py --nnunet-venv /tmp/nnunet --jobs 2 --threads 1     # 4 datasets x 5 seeds x 2 tools
+    python benchmarks/learning.py --nnunet-venv /tmp/nnunet --jobs 2 --threads 1 --budget-minutes 90 --commit
+    python benchmarks/learning.py --report-only                                  # the report from the run files
 """
 
 from __future__ import annotations
@@ -32,25 +33,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
-
-import numpy as np
 
 from covtransfer.config import Roots
 from covtransfer.datasets.synthetic import make_synthetic_dataset
 from covtransfer.evaluation.evaluate import evaluate_case
-from covtransfer.experiments.paired import bootstrap_ci, wilcoxon_p
-from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
+from covtransfer.training import ENGINE_VERSION
 from covtransfer.training.api import read_metrics
+from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
+from learning_report import plot_curves, summarise
+from learning_runs import ARMS, RESULTS, Run, commit_file, estimated_minutes, is_stale, load_records, make_record, \
+    write_record
 
 HERE = Path(__file__).resolve().parent
+NNUNET_ENGINE = "nnunetv2 2.8.1"
 
 
 class DatasetSpec(NamedTuple):
@@ -68,9 +71,7 @@ DATASETS = {"covid": DatasetSpec(801, "covid", 4, 8), "tumor": DatasetSpec(802, 
 # Generator seeds of the datasets, fixed before any run and never tuned on: round r gives dataset i the seed
 # FRESH_DATA_SEEDS[r * len(DATASETS) + i] (in DATASETS' order), so every round is a new, unseen draw.
 FRESH_DATA_SEEDS = (48611, 90217, 13759, 66403, 27581, 71933, 35107, 84229, 52361, 19697, 60859, 7793)
-TOOLS = ("covtransfer", "nnunet")
 TOLERANCE_MM = 3.0
-TAKEOFF_DICE = 0.01  # a run has taken off in the first epoch whose EMA pseudo Dice exceeds this
 
 
 def data_seed(name: str, data_round: int) -> int:
@@ -80,19 +81,6 @@ def data_seed(name: str, data_round: int) -> int:
         raise SystemExit(f"--data-round {data_round}: FRESH_DATA_SEEDS holds {len(FRESH_DATA_SEEDS) // len(DATASETS)}"
                          " rounds")
     return FRESH_DATA_SEEDS[index]
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run: which tool, on which benchmark dataset (a key of ``DATASETS``), with which seed."""
-
-    tool: str
-    kind: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.tool}_{self.kind}_{self.seed}"
 
 
 class Bench:
@@ -105,6 +93,9 @@ class Bench:
         self.epochs, self.iters, self.val_iters = args.epochs, args.iters_per_epoch, args.val_iters
         self.threads = args.threads
         self.data_round = args.data_round
+        self.results = args.results.resolve()
+        self.protocol = {"epochs": self.epochs, "iters_per_epoch": self.iters, "val_iters": self.val_iters,
+                         "data_round": self.data_round}
 
     def dataset_folder(self, name: str) -> Path:
         dataset_id = DATASETS[name].dataset_id
@@ -123,11 +114,20 @@ class Bench:
                        env=self.nnunet_env())
 
     def covtransfer(self, command: str, *args: str) -> None:
-        script = Path(sys.executable).parent / command
+        self._run_covtransfer([str(Path(sys.executable).parent / command)], args)
+
+    def train_covtransfer(self, init: str, *args: str) -> None:
+        """``covtransfer_train`` with its heads at the prior, or at zero bias through ``variant_train.py``."""
+        if init == "zero":
+            self._run_covtransfer([sys.executable, str(HERE / "variant_train.py"), "zero-bias"], args)
+        else:
+            self.covtransfer("covtransfer_train", *args)
+
+    def _run_covtransfer(self, command: list[str], args: tuple[str, ...]) -> None:
         roots = ["--raw", str(self.roots.raw), "--preprocessed", str(self.roots.preprocessed),
                  "--results", str(self.roots.results)]
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
-        subprocess.run([str(script), *args, *roots], check=True, env=env)
+        subprocess.run([*command, *args, *roots], check=True, env=env)
 
 
 def prepare(bench: Bench, dataset: str, with_nnunet: bool) -> None:
@@ -151,38 +151,37 @@ def prepare(bench: Bench, dataset: str, with_nnunet: bool) -> None:
         marker.write_text("ok\n")
 
 
-def train_and_predict(bench: Bench, run: Run) -> Path:
-    """Train, predict the test cases and score them; returns the run folder (skipped when already scored)."""
+def train_and_predict(bench: Bench, run: Run) -> dict:
+    """Train, predict the test cases and score them; returns the run's record (not yet written)."""
     folder = bench.work / "runs" / run.name
-    if (folder / "scores.json").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     dataset = bench.dataset_folder(run.kind)
+    tag = f"learning{run.seed}_{run.init}"
+    for leftover in (folder, bench.roots.results / dataset.name / f"scratch__{tag}"):  # of an unfinished attempt
+        shutil.rmtree(leftover, ignore_errors=True)
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
     predictions = folder / "predictions"
     if run.tool == "covtransfer":
-        tag = f"learning{run.seed}"
-        bench.covtransfer("covtransfer_train", "-d", dataset.name, "-t", "scratch", "-f", "all", "--tag", tag,
-                          "--epochs", str(bench.epochs), "--iters-per-epoch", str(bench.iters),
-                          "--val-iters", str(bench.val_iters), "--seed", str(run.seed), "--device", "cpu",
-                          "--amp", "off", "--no-final-validation")
+        bench.train_covtransfer(run.init, "-d", dataset.name, "-t", "scratch", "-f", "all", "--tag", tag,
+                                "--epochs", str(bench.epochs), "--iters-per-epoch", str(bench.iters),
+                                "--val-iters", str(bench.val_iters), "--seed", str(run.seed), "--device", "cpu",
+                                "--amp", "off", "--no-final-validation")
         bench.covtransfer("covtransfer_predict", "-i", str(dataset / "imagesTs"), "-o", str(predictions),
                           "-d", dataset.name, "-t", "scratch", "--tag", tag, "-f", "all", "--no-tta",
                           "--device", "cpu", "--quiet")
         history = read_metrics(bench.roots.results / dataset.name / f"scratch__{tag}" / "fold_all")
-        curve = [r["ema_dice"] for r in history]
+        curve, engine = [r["ema_dice"] for r in history], str(ENGINE_VERSION)
     else:
         model = folder / "model"
         bench.nnunet("train", str(DATASETS[run.kind][0]), str(run.seed), str(bench.epochs), str(bench.iters),
                      str(bench.val_iters), str(model))
         bench.nnunet("predict", str(model), str(dataset / "imagesTs"), str(predictions))
-        curve = json.loads((model / "curve.json").read_text())["ema_dice"]
-    scores = score(dataset / "labelsTs", predictions)
-    record = {"run": run.__dict__, "cases": scores, "curve": curve, "wall_s": round(time.perf_counter() - started, 1)}
-    tmp = folder / "scores.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(folder / "scores.json")
-    return folder
+        curve, engine = json.loads((model / "curve.json").read_text())["ema_dice"], NNUNET_ENGINE
+    cases = score(dataset / "labelsTs", predictions)
+    record = make_record(run, cases, curve, time.perf_counter() - started, bench.protocol, engine)
+    if bench.nnunet_python is not None:
+        record["surface_distance_max_diff"] = check_against_surface_distance(bench, folder, run.kind, cases)
+    return record
 
 
 def score(references: Path, predictions: Path) -> dict[str, dict[str, float]]:
@@ -195,114 +194,64 @@ def score(references: Path, predictions: Path) -> dict[str, dict[str, float]]:
     return scores
 
 
-def check_against_surface_distance(bench: Bench, folder: Path, kind: str) -> float:
+def check_against_surface_distance(bench: Bench, folder: Path, kind: str, ours: dict) -> float:
     """Largest |covtransfer − surface-distance| over the run's cases and both metrics."""
     out = folder / "surface_distance.json"
-    if not out.is_file():
-        bench.nnunet("surface", str(bench.dataset_folder(kind) / "labelsTs"), str(folder / "predictions"),
-                     str(TOLERANCE_MM), str(out))
+    bench.nnunet("surface", str(bench.dataset_folder(kind) / "labelsTs"), str(folder / "predictions"),
+                 str(TOLERANCE_MM), str(out))
     theirs = json.loads(out.read_text())
-    ours = json.loads((folder / "scores.json").read_text())["cases"]
     return max(abs(ours[c][m] - theirs[c][m]) for c in ours for m in ("dice", "nsd"))
 
 
-def takeoff_epoch(curve: list) -> int | None:
-    """The first epoch whose EMA pseudo Dice exceeds ``TAKEOFF_DICE``; None if the run never took off."""
-    return next((epoch for epoch, value in enumerate(curve) if value is not None and value > TAKEOFF_DICE), None)
+class Scheduler:
+    """Runs the pending runs, at most ``jobs`` at a time; starts none the budget cannot fit; writes and commits each."""
+
+    def __init__(self, bench: Bench, records: dict[Run, dict], budget_minutes: float | None, commit: bool):
+        self.bench, self.records, self.commit = bench, records, commit
+        self.deadline = None if budget_minutes is None else time.monotonic() + 60 * budget_minutes
+        self.lock = threading.Lock()
+
+    def __call__(self, run: Run) -> None:
+        with self.lock:
+            estimate = estimated_minutes(self.records, run.tool)
+            if self.deadline is not None and estimate is not None and \
+                    time.monotonic() + 60 * estimate > self.deadline:
+                print(f"{run.name}: not started, {estimate:.1f} min would end after the budget")
+                return
+            prepare(self.bench, run.kind, run.tool == "nnunet")
+        print(f"{run.name}: started (about {estimate or float('nan'):.1f} min)", flush=True)
+        record = train_and_predict(self.bench, run)
+        with self.lock:
+            path = write_record(self.bench.results, record)
+            self.records[run] = record
+            dice = sum(c["dice"] for c in record["cases"].values()) / len(record["cases"])
+            print(f"{run.name}: done in {record['wall_s'] / 60:.1f} min, test DSC {100 * dice:.1f} %", flush=True)
+            if self.commit:
+                commit_file(path, f"Learning benchmark: {run.name}, test DSC {100 * dice:.1f} %, "
+                                  f"{record['wall_s'] / 60:.1f} min")
 
 
-def _seed_means(record: dict) -> tuple[float, float]:
-    """The run's mean test DSC and NSD, in percent."""
-    cases = record["cases"].values()
-    return 100 * float(np.mean([c["dice"] for c in cases])), 100 * float(np.mean([c["nsd"] for c in cases]))
-
-
-def summarise(records: list[dict]) -> str:
-    """Markdown: per dataset and tool mean ± sd and take-off, paired per-case Δ (all seeds, took-off seeds), wall time."""
-    by_key: dict[tuple[str, str], dict[int, dict]] = {}
-    for record in records:
-        by_key.setdefault((record["run"]["kind"], record["run"]["tool"]), {})[record["run"]["seed"]] = record
-    lines = ["| dataset | tool | seeds | test DSC % | NSD@3 mm % | per seed DSC | take-off epoch | wall min/run |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (dataset, tool), runs in sorted(by_key.items()):
-        means = [_seed_means(runs[seed]) for seed in sorted(runs)]
-        takeoff = [takeoff_epoch(runs[seed]["curve"]) for seed in sorted(runs)]
-        walls = [runs[seed].get("wall_s") for seed in sorted(runs)]
-        wall = f"{np.mean(walls) / 60:.1f}" if None not in walls else "n/a"
-        lines.append(f"| {dataset} | {tool} | {len(runs)} | {_mean_sd([m[0] for m in means])} | "
-                     f"{_mean_sd([m[1] for m in means])} | {', '.join(f'{m[0]:.1f}' for m in means)} | "
-                     f"{', '.join('never' if t is None else str(t) for t in takeoff)} | {wall} |")
-    lines += ["", "Paired per-case difference covtransfer − nnU-Net, each case's score averaged over the seeds named "
-              "(points; bootstrap 95 % CI of the mean, Wilcoxon signed-rank p):", "",
-              "| dataset | seeds | cases | Δ DSC [95 % CI] | p | Δ NSD [95 % CI] | p | cases better / worse (DSC) |",
-              "|---|---|---|---|---|---|---|---|"]
-    for dataset in sorted({d for d, _ in by_key}):
-        if not all((dataset, tool) in by_key for tool in TOOLS):
-            continue
-        runs = {tool: by_key[(dataset, tool)] for tool in TOOLS}
-        common = sorted(set(runs["covtransfer"]) & set(runs["nnunet"]))
-        took_off = [s for s in common if all(takeoff_epoch(runs[t][s]["curve"]) is not None for t in TOOLS)]
-        for label, seeds in (("all", common), ("both took off", took_off)):
-            lines.append(_paired_row(dataset, label, seeds, runs))
-    total = sum(r.get("wall_s") or 0.0 for r in records)
-    lines += ["", f"Wall time of the {len(records)} runs: {total / 3600:.1f} h of run time in all (runs in parallel "
-              "overlap)."]
-    return "\n".join(lines)
-
-
-def _paired_row(dataset: str, label: str, seeds: list[int], runs: dict[str, dict[int, dict]]) -> str:
-    """One row of the paired table: Δ per case over ``seeds``, its CI and p, for DSC and NSD."""
-    if not seeds:
-        return f"| {dataset} | {label}: none | | | | | | |"
-    per_tool = {tool: _case_means([runs[tool][s] for s in seeds]) for tool in TOOLS}
-    cases = sorted(per_tool["covtransfer"])
-    cells = []
-    for metric in ("dice", "nsd"):
-        diff = np.array([100 * (per_tool["covtransfer"][c][metric] - per_tool["nnunet"][c][metric]) for c in cases])
-        low, high = bootstrap_ci(diff)
-        cells.append(f"{diff.mean():+.1f} [{low:+.1f}, {high:+.1f}] | {wilcoxon_p(diff):.3f}")
-        if metric == "dice":
-            better = int(np.sum(diff > 0))
-    return (f"| {dataset} | {label}: {', '.join(map(str, seeds))} | {len(cases)} | {cells[0]} | {cells[1]} | "
-            f"{better} / {len(cases) - better} |")
-
-
-def _case_means(runs: list[dict]) -> dict[str, dict[str, float]]:
-    cases = runs[0]["cases"]
-    return {c: {m: float(np.mean([r["cases"][c][m] for r in runs])) for m in ("dice", "nsd")} for c in cases}
-
-
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.1f} ± {sd:.1f}"
-
-
-def plot_curves(records: list[dict], path: Path) -> None:
-    """EMA pseudo Dice per epoch of every run, one panel per dataset, one colour per tool."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    kinds = sorted({r["run"]["kind"] for r in records})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
-    colours = {"covtransfer": "tab:blue", "nnunet": "tab:orange"}
-    for ax, kind in zip(axes[0], kinds):
-        for record in records:
-            if record["run"]["kind"] == kind:
-                curve = [np.nan if v is None else v for v in record["curve"]]
-                ax.plot(curve, color=colours[record["run"]["tool"]], alpha=0.8,
-                        label=f"{record['run']['tool']} seed {record['run']['seed']}")
-        ax.set(title=kind, xlabel="epoch", ylabel="EMA pseudo Dice", ylim=(0, 1))
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def report(results: Path, records: dict[Run, dict], planned: list[Run]) -> str:
+    """Write ``learning.md`` and ``learning_curves.png`` into ``results`` from the current, non-stale runs."""
+    stale = {run: r for run, r in records.items() if is_stale(r)}
+    current = {run: r for run, r in records.items() if run not in stale}
+    text = summarise(current, planned, stale)
+    (results / "learning.md").write_text(text + "\n")
+    if current:
+        plot_curves(current, results / "learning_curves.png")
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=Path("learning_benchmark"), help="working folder")
+    parser.add_argument("--work", type=Path, default=Path("learning_benchmark"),
+                        help="working folder (datasets, preprocessed data, models; not kept)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="folder of the run files and the report (default: benchmarks/results/learning)")
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
-    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--arms", nargs="+", choices=[f"{t}_{i}" for t, i in ARMS],
+                        default=[f"{t}_{i}" for t, i in ARMS],
+                        help="tool and head initialisation of each arm; runs start in this order within a seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--data-round", type=int, default=0,
                         help="which draw of FRESH_DATA_SEEDS generates the datasets (a new round is unseen data)")
@@ -313,31 +262,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                         help="torch threads per run (default: half the cores)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: summarise the runs of --work that have finished")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="start no run that cannot end within this many minutes, judged by earlier wall times")
+    parser.add_argument("--commit", action="store_true", help="git-commit each run file as soon as it is written")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: report the runs that are there")
     args = parser.parse_args(argv)
     bench = Bench(args)
-    runs = [Run(tool, kind, seed) for kind in args.datasets for seed in args.seeds for tool in args.tools]
-    if args.report_only:
-        folders = {run: bench.work / "runs" / run.name for run in runs}
-        runs = [run for run in runs if (folders[run] / "scores.json").is_file()]
-    else:
-        for kind in args.datasets:
-            prepare(bench, kind, "nnunet" in args.tools)
+    records = load_records(bench.results, bench.protocol)
+    arms = [tuple(arm.split("_")) for arm in args.arms]
+    planned = [Run(tool, init, kind, seed) for seed in args.seeds for kind in args.datasets for tool, init in arms]
+    pending = [run for run in planned if run not in records or is_stale(records[run])]
+    if not args.report_only and pending:
+        if any(run.tool == "nnunet" for run in pending) and bench.nnunet_python is None:
+            raise SystemExit("nnU-Net runs are pending: pass --nnunet-venv, or leave nnunet_zero out of --arms")
+        scheduler = Scheduler(bench, records, args.budget_minutes, args.commit)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            folders = dict(zip(runs, pool.map(lambda run: train_and_predict(bench, run), runs)))
-    records = [json.loads((folders[run] / "scores.json").read_text()) for run in runs]
-    for run, record in zip(runs, records):  # scored again, so that every run uses today's evaluator
-        record["cases"] = score(bench.dataset_folder(run.kind) / "labelsTs", folders[run] / "predictions")
-        (folders[run] / "scores.json").write_text(json.dumps(record, indent=1))
-    if bench.nnunet_python is not None:
-        worst = max(check_against_surface_distance(bench, folders[run], run.kind) for run in runs)
-        print(f"covtransfer's evaluator vs surface-distance: largest difference {worst:.2e}")
-    report = summarise(records)
-    print(report)
-    (bench.work / "learning.md").write_text(report + "\n")
-    (bench.work / "learning.json").write_text(json.dumps(records, indent=1))
-    plot_curves(records, bench.work / "learning_curves.png")
+            list(pool.map(scheduler, pending))
+    print(report(bench.results, records, planned))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""benchmarks/learning*.py: run files, staleness, budget estimates, take-off, the paired table and the head-init rule,
+on made-up runs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from learning_report import head_init_decision, summarise  # noqa: E402
+from learning_runs import (Run, estimated_minutes, is_stale, load_records, make_record, takeoff_epoch,  # noqa: E402
+                           write_record)
+
+from covtransfer.training import ENGINE_VERSION  # noqa: E402
+
+PROTOCOL = {"epochs": 40, "iters_per_epoch": 25, "val_iters": 5, "data_round": 0}
+
+
+def record(arm: str, seed: int, dice: dict[str, float], curve: list, kind: str = "covid", wall_s: float = 60.0,
+           engine: str = str(ENGINE_VERSION)) -> tuple[Run, dict]:
+    tool, init = arm.split("_")
+    run = Run(tool, init, kind, seed)
+    cases = {case: {"dice": value, "nsd": value / 2} for case, value in dice.items()}
+    return run, make_record(run, cases, curve, wall_s, PROTOCOL, engine)
+
+
+def row(report: str, *starts: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith("| " + " | ".join(starts)))
+
+
+def test_take_off_is_the_first_epoch_above_the_threshold():
+    assert takeoff_epoch([0.0, None, 0.005, 0.02, 0.5]) == 3
+    assert takeoff_epoch([0.0, 0.01, None]) is None
+
+
+def test_run_files_round_trip_and_name_tool_init_dataset_seed(tmp_path):
+    run, content = record("covtransfer_zero", 3, {"a": 0.5}, [0.0, 0.2], kind="tumor")
+    path = write_record(tmp_path, content)
+    assert path.name == "covtransfer_zero_tumor_3.json"
+    assert load_records(tmp_path, PROTOCOL) == {run: json.loads(path.read_text())}
+    assert content["takeoff_epoch"] == 1 and content["engine"] == str(ENGINE_VERSION) and content["commit"]
+    with pytest.raises(SystemExit, match="covtransfer_zero_tumor_3.json: made with protocol"):
+        load_records(tmp_path, {**PROTOCOL, "epochs": 10})
+
+
+def test_covtransfer_runs_of_an_older_engine_are_stale_and_nnunet_runs_never_are():
+    assert not is_stale(record("covtransfer_prior", 0, {"a": 0.5}, [0.1])[1])
+    assert is_stale(record("covtransfer_prior", 0, {"a": 0.5}, [0.1], engine="1")[1])
+    assert not is_stale(record("nnunet_zero", 0, {"a": 0.5}, [0.1], engine="nnunetv2 2.8.1")[1])
+
+
+def test_the_budget_estimate_is_the_median_wall_time_of_the_tools_earlier_runs():
+    runs = dict([record("nnunet_zero", s, {"a": 0.5}, [0.1], wall_s=w) for s, w in enumerate((300, 480, 360))])
+    assert estimated_minutes(runs, "nnunet") == 6.0
+    assert estimated_minutes(runs, "covtransfer") == 6.0  # none of its own yet: any tool's
+    assert estimated_minutes({}, "nnunet") is None
+
+
+def test_paired_rows_average_each_case_over_the_seeds_and_leave_out_a_run_that_never_took_off():
+    runs = dict([record("covtransfer_prior", 0, {"a": 0.8, "b": 0.6, "c": 0.7}, [0.0, 0.3]),
+                 record("covtransfer_prior", 1, {"a": 0.6, "b": 0.4, "c": 0.5}, [0.2, 0.4]),
+                 record("nnunet_zero", 0, {"a": 0.5, "b": 0.5, "c": 0.6}, [0.0, 0.0, 0.2]),
+                 record("nnunet_zero", 1, {"a": 0.0, "b": 0.0, "c": 0.0}, [0.0, 0.0, 0.0])])
+    planned = list(runs) + [Run("covtransfer", "zero", "covid", 0)]
+    report = summarise(runs, planned, {})
+    assert row(report, "covid", "covtransfer_prior", "2").split(" | ")[3:7] == [
+        "60.0 ± 14.1", "30.0 ± 7.1", "70.0, 50.0", "1, 0"]
+    assert row(report, "covid", "nnunet_zero", "2").split(" | ")[6] == "2, never"
+    # all seeds: per case (0.7, 0.5, 0.6) − (0.25, 0.25, 0.3) → +45, +25, +30 points, mean +33.3
+    everything = row(report, "covid", "covtransfer_prior − nnunet_zero", "all: 0, 1")
+    assert everything.split(" | ")[4].startswith("+33.3 [")
+    assert everything.endswith("| 3 / 0 |")
+    # seed 0 alone (nnU-Net's seed 1 never took off): +30, +10, +10, mean +16.7
+    assert row(report, "covid", "covtransfer_prior − nnunet_zero", "both took off: 0").split(" | ")[4].startswith(
+        "+16.7 [")
+    assert row(report, "covid", "covtransfer_prior / nnunet_zero").endswith(
+        "| 0: 1 / 2, 1: 0 / never | 2 / 0 / 0 |")
+    assert "4 of 5 planned are in; missing (1): covtransfer_zero_covid_0." in report
+    assert "Head initialisation: undecided" in report
+
+
+def test_head_init_rule_keeps_the_prior_only_if_it_is_not_lower_and_its_ci_reaches_above_zero():
+    def arms(prior: list[float], zero: list[float]) -> dict:
+        cases = [f"c{i}" for i in range(len(prior))]
+        return {("covid", "covtransfer_prior"): {0: record("covtransfer_prior", 0, dict(zip(cases, prior)), [1])[1]},
+                ("covid", "covtransfer_zero"): {0: record("covtransfer_zero", 0, dict(zip(cases, zero)), [1])[1]}}
+    better = arms([0.6, 0.7, 0.8, 0.7], [0.5, 0.6, 0.7, 0.7])
+    assert head_init_decision(better, {"covid"}, {0}).startswith("keep the prior")
+    worse = arms([0.5, 0.6, 0.7, 0.7], [0.6, 0.7, 0.8, 0.7])
+    assert head_init_decision(worse, {"covid"}, {0}).startswith("zero bias: the prior fails the rule on covid")
+    assert head_init_decision(better, {"covid"}, {0, 1}).startswith("undecided")
