@@ -166,6 +166,7 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
                                 "--epochs", str(bench.epochs), "--iters-per-epoch", str(bench.iters),
                                 "--val-iters", str(bench.val_iters), "--seed", str(run.seed), "--device", "cpu",
                                 "--amp", "off", "--no-final-validation")
+        trained = time.perf_counter()
         bench.covtransfer("covtransfer_predict", "-i", str(dataset / "imagesTs"), "-o", str(predictions),
                           "-d", dataset.name, "-t", "scratch", "--tag", tag, "-f", "all", "--no-tta",
                           "--device", "cpu", "--quiet")
@@ -175,10 +176,14 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
         model = folder / "model"
         bench.nnunet("train", str(DATASETS[run.kind][0]), str(run.seed), str(bench.epochs), str(bench.iters),
                      str(bench.val_iters), str(model))
+        trained = time.perf_counter()
         bench.nnunet("predict", str(model), str(dataset / "imagesTs"), str(predictions))
         curve, engine = json.loads((model / "curve.json").read_text())["ema_dice"], NNUNET_ENGINE
+    predicted = time.perf_counter()
     cases = score(dataset / "labelsTs", predictions)
     record = make_record(run, cases, curve, time.perf_counter() - started, bench.protocol, engine)
+    record["phases_s"] = {"train": round(trained - started, 1), "predict": round(predicted - trained, 1),
+                          "score": round(time.perf_counter() - predicted, 1)}
     if bench.nnunet_python is not None:
         record["surface_distance_max_diff"] = check_against_surface_distance(bench, folder, run.kind, cases)
     return record
