@@ -15,6 +15,7 @@ from typing import Sequence
 
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.dataset_json import list_cases, load_dataset_json
+from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.data.verify import verify_dataset
 from covtransfer.errors import CovtransferError
 from covtransfer.planning.fingerprint import (FOREGROUND_VOXEL_BUDGET, compute_fingerprint, load_fingerprint,
@@ -105,6 +106,8 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
     """
     num_processes = int(num_processes or os.cpu_count() or 1)
     raw_folders = list(dict.fromkeys(find_dataset(roots.raw, d) for d in dataset_ids))
+    for folder in raw_folders:
+        refuse_raw_dataset(roots.preprocessed / folder.name, "--preprocessed", roots.raw)
     target_name, target_plans = None, None
     if plans_from is not None:
         target_name = _raw_name(roots, plans_from)
