@@ -75,7 +75,7 @@ def _checkpoints(args: argparse.Namespace) -> list:
     if not (args.dataset and args.strategy):
         raise CovtransferError("name the model: -d DATASET -t STRATEGY, or -m MODEL_FOLDER")
     return dataset_checkpoints(roots_from_args(args).results, args.dataset, args.strategy, args.folds, args.tag,
-                               args.checkpoint)
+                               args.checkpoint, STRATEGY_NAMES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
