@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_device_argument(parser, "on a GPU the demo runs at the gpu scale")
     parser.add_argument("--scale", default="auto",
                         help=f"auto, {', '.join(SCALES)} (default auto: gpu on a CUDA device, else cpu); cpu: "
-                             "50–55 minutes on 2 cores; "
+                             "51–54 minutes on 2 cores; "
                              "gpu: epochs of 250 iterations, 3 seeds; smoke: tiny data and a few iterations, "
                              "to check the pipeline in under a minute (learns nothing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and training (default 0)")

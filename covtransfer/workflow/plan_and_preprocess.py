@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.dataset_json import list_cases, load_dataset_json
@@ -34,6 +37,10 @@ def _refuse_if_broken(raw_folder: Path, num_processes: int, allow_spacing: bool)
     lines = "\n".join(f"  {problem}" for problem in report.problems)
     raise CovtransferError(f"{raw_folder}: {len(report.problems)} problems found, nothing written "
                            f"(fix them or see covtransfer_verify):\n{lines}")
+
+
+GPU_PRESET_NOTE = ("note: no GPU here, and the default preset sizes the network for a GPU (several seconds per "
+                   "training iteration on a CPU); for a network sized for a few CPU cores plan with --preset cpu")
 
 
 def _target_plans_path(roots: Roots, target: str | int) -> Path:
@@ -129,12 +136,16 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
                                        "same channels")
 
     outputs = []
+    gpu_sized_on_cpu = preset in (None, "default") and not torch.cuda.is_available()
     for folder in raw_folders:
         info = infos[folder]
         out = roots.preprocessed / folder.name
         fingerprint = _fingerprint(folder, out, info, num_processes, overwrite, fingerprint_voxels)
         if plans_from is None or folder.name == target_name:
             plans = plan_experiment(fingerprint, info, folder.name, gpu_memory_gb, preset)
+            if gpu_sized_on_cpu:
+                print(GPU_PRESET_NOTE, file=sys.stderr)
+                gpu_sized_on_cpu = False
             if folder.name == target_name:
                 target_plans = plans
         else:
