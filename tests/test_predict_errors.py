@@ -1,10 +1,12 @@
 """covtransfer_predict names the problem and the way out: a misspelt strategy gets the closest name, a missing
-strategy or fold gets the strategies and folds trained for the dataset; one line, exit 1, no output folder."""
+strategy or fold gets the strategies and folds trained for the dataset (one line, exit 1, no output folder); on a CPU
+it says once that mirroring is on, what it costs and which flags skip it."""
 
 import pytest
 
 from covtransfer.cli import predict
 from covtransfer.cli.common import run_cli
+from test_inference import make_plans, save_checkpoint, write_case
 
 
 @pytest.fixture
@@ -48,3 +50,21 @@ def test_wrong_strategy_or_fold_names_what_is_trained(results, capsys, extra, ex
                    str(results / "results"), *extra], capsys)
     assert expected in line, line
     assert not output.exists()
+
+
+@pytest.mark.parametrize("flags, noted", [([], True), (["--no-tta"], False), (["--fast"], False),
+                                          (["--quiet"], False)])
+def test_mirroring_on_a_cpu_is_noted_once(tmp_path, capsys, flags, noted):
+    model = save_checkpoint(tmp_path / "model" / "fold_0", make_plans())
+    images = tmp_path / "images"
+    for case in ("a", "b"):
+        write_case(images, case)
+    capsys.readouterr()
+    assert run_cli(predict.main, ["-i", str(images), "-o", str(tmp_path / "out"), "-m", str(model),
+                                  "--device", "cpu", *flags]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: mirroring")]
+    assert notes == ([
+        "note: mirroring (test-time augmentation) is on: the network sees every window 8 times, once per flip of "
+        "the 3 axes: about 8x the network time on this CPU; --no-tta skips it, --fast skips it and takes 8x fewer "
+        "windows"] if noted else [])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip cases whose outputs already exist")
     parser.add_argument("--allow-spacing", action="store_true",
                         help="warn instead of refusing a spacing outside 0.05-20 mm or an extent over 2 m")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no note on mirroring's cost")
     add_root_arguments(parser)
     return parser
 

@@ -100,6 +100,22 @@ def _stale_configurations(old_path: Path, new: Plans) -> set[str]:
             if name not in old.configurations or _preprocessing_inputs(old, name) != _preprocessing_inputs(new, name)}
 
 
+def _refuse_replacing_shared_plans(plans_path: Path, plans_from: str | int | None) -> None:
+    """Planning a dataset on its own must not silently replace the plans it shares with a target (``--plans-from``):
+    every model pre-trained on it would no longer fit that target."""
+    if not plans_path.is_file():
+        return
+    try:
+        shared_with = Plans.load(plans_path).plans_from
+    except CovtransferError:
+        return
+    if shared_with:
+        how = "without --plans-from" if plans_from is None else "as the --plans-from target"
+        raise CovtransferError(f"{plans_path}: these plans came from {shared_with} (--plans-from); planning the "
+                               f"dataset {how} would replace them: pass --plans-from {shared_with} to keep them, or "
+                               "--overwrite to replace them; nothing written")
+
+
 def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_from: str | int | None = None,
                         gpu_memory_gb: float = 8.0, preset: str | None = None,
                         configurations: Sequence[str] | None = None, num_processes: int | None = None,
@@ -127,6 +143,10 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
         for folder in raw_folders:
             _refuse_if_broken(folder, num_processes, allow_spacing)
     infos = {folder: load_dataset_json(folder) for folder in raw_folders}
+    if not overwrite:
+        for folder in raw_folders:
+            if plans_from is None or folder.name == target_name:
+                _refuse_replacing_shared_plans(roots.preprocessed / folder.name / "plans.json", plans_from)
     if plans_from is not None:
         channels = target_plans.num_input_channels if target_plans else infos[raw_folders[0]].num_channels
         for folder, info in infos.items():
