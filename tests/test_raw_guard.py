@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from covtransfer.cli import demo, determine_postprocessing, evaluate, plan_and_preprocess, predict, study
+from covtransfer.cli import demo, determine_postprocessing, evaluate, plan_and_preprocess, predict, study, train
 from covtransfer.cli.common import run_cli
 from covtransfer.data.raw_guard import raw_dataset_containing
-from tiny_data import write_raw_dataset
+from tiny_data import preprocessed_roots, write_raw_dataset
 
 
 @pytest.fixture
@@ -89,3 +89,11 @@ def test_what_counts_as_a_raw_dataset_folder(raw, tmp_path):
     assert raw_dataset_containing(elsewhere / "imagesTr", root) == elsewhere.resolve()
     assert raw_dataset_containing(root / "predictions", root) is None
     assert raw_dataset_containing(tmp_path / "results" / "Dataset001_Blobs", root) is None
+
+
+def test_training_results_are_never_written_into_a_raw_dataset(tmp_path, capsys):
+    roots = preprocessed_roots(tmp_path, {1: ("Blob", 2, 0)})
+    before = _files(roots.raw)
+    _refused(train.main, ["-d", "1", "-f", "all", "--preprocessed", str(roots.preprocessed), "--raw", str(roots.raw),
+                          "--results", str(roots.raw)], capsys, "Dataset001_Blob", "--results")
+    assert _files(roots.raw) == before
