@@ -85,6 +85,7 @@ def test_what_counts_as_a_raw_dataset_folder(raw, tmp_path):
     bare = root / "Dataset002_Bare"  # under the raw root, even before it holds a dataset.json
     bare.mkdir()
     assert raw_dataset_containing(bare / "out", root) == bare.resolve()
+    assert raw_dataset_containing(root / "Dataset004_New" / "out", root) == (root / "Dataset004_New").resolve()
     elsewhere = write_raw_dataset(tmp_path / "other", 3, "Moved", 1, shape=(4, 8, 8))  # recognised by its layout
     assert raw_dataset_containing(elsewhere / "imagesTr", root) == elsewhere.resolve()
     assert raw_dataset_containing(root / "predictions", root) is None

@@ -1,6 +1,6 @@
 """The guard every writing command runs on its output path: nothing is ever written into a raw dataset folder.
 
-A raw dataset folder is a ``DatasetNNN_Name`` folder directly under the raw root, or any folder holding a
+A raw dataset folder is a ``DatasetNNN_Name`` folder directly under the raw root (existing or not), or any folder holding a
 ``dataset.json`` beside ``imagesTr``/``imagesTs``/``labelsTr``/``labelsTs`` (wherever it lies). A stray file in one
 breaks ``covtransfer_verify`` and planning until it is removed by hand, so the output is refused before any work.
 """
@@ -26,7 +26,7 @@ def raw_dataset_containing(path: str | os.PathLike, raw_root: str | os.PathLike 
     root = Path(raw_root if raw_root is not None else resolve_roots().raw).resolve()
     if target != root and target.is_relative_to(root):
         first = root / target.relative_to(root).parts[0]
-        if first.is_dir() and (parse_dataset_id(first.name) is not None or _looks_raw(first)):
+        if parse_dataset_id(first.name) is not None or _looks_raw(first):
             return first
     for folder in (target, *target.parents):
         if _looks_raw(folder):
