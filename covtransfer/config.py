@@ -53,6 +53,14 @@ def parse_dataset_id(folder_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _found(root: Path) -> str:
+    """The dataset folders under ``root``, for error messages."""
+    if not root.is_dir():
+        return "the folder does not exist"
+    names = sorted(p.name for p in root.glob("Dataset*_*") if p.is_dir() and parse_dataset_id(p.name) is not None)
+    return f"found {', '.join(names)}" if names else "it holds no DatasetNNN_<Name> folder"
+
+
 def find_dataset(root: Path, id_or_name: str | int) -> Path:
     """Find ``DatasetNNN_*`` under ``root`` by numeric id (``1``, ``"001"``) or full folder name."""
     root = Path(root)
@@ -61,12 +69,13 @@ def find_dataset(root: Path, id_or_name: str | int) -> Path:
         path = root / key
         if path.is_dir():
             return path
-        raise CovtransferError(f"{path}: no such dataset folder")
+        raise CovtransferError(f"{path}: no such dataset folder ({_found(root)})")
     wanted = int(key)
     matches = sorted(p for p in root.glob("Dataset*_*") if p.is_dir() and parse_dataset_id(p.name) == wanted) \
         if root.is_dir() else []
     if not matches:
-        raise CovtransferError(f"{root}: no dataset with id {wanted} (expected a folder Dataset{wanted:03d}_<Name>)")
+        raise CovtransferError(f"{root}: no dataset with id {wanted} (expected a folder Dataset{wanted:03d}_<Name>; "
+                               f"{_found(root)})")
     if len(matches) > 1:
         names = ", ".join(p.name for p in matches)
         raise CovtransferError(f"{root}: dataset id {wanted} is ambiguous ({names}); use the full name")

@@ -68,8 +68,10 @@ def test_find_dataset(raw_root, key):
 
 
 @pytest.mark.parametrize("key, fragment", [
-    (9, "no dataset with id 9 (expected a folder Dataset009_<Name>)"),
-    ("Dataset009_Missing", "Dataset009_Missing: no such dataset folder"),
+    (9, "no dataset with id 9 (expected a folder Dataset009_<Name>; found Dataset001_Covid, Dataset002_Lung, "
+        "Dataset003_A, Dataset003_B)"),
+    ("Dataset009_Missing", "Dataset009_Missing: no such dataset folder (found Dataset001_Covid, Dataset002_Lung, "
+                           "Dataset003_A, Dataset003_B)"),
     (4, "no dataset with id 4"),
     ("003", "dataset id 3 is ambiguous (Dataset003_A, Dataset003_B); use the full name"),
 ])
@@ -81,8 +83,10 @@ def test_find_dataset_errors(raw_root, key, fragment):
 
 
 def test_find_dataset_missing_root(tmp_path):
-    with pytest.raises(CovtransferError, match="no dataset with id 1"):
+    with pytest.raises(CovtransferError, match="no dataset with id 1 .*; the folder does not exist"):
         find_dataset(tmp_path / "nowhere", 1)
+    with pytest.raises(CovtransferError, match="no dataset with id 1 .*; it holds no DatasetNNN_<Name> folder"):
+        find_dataset(tmp_path, 1)
 
 
 # --------------------------------------------------------------------------------------------------- atomic

@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from covtransfer.cli.common import add_device_argument, run_cli
+from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.experiments.demo import SCALES, print_demo_summary, run_demo
 
@@ -19,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_device_argument(parser, "on a GPU the demo runs at the gpu scale")
     parser.add_argument("--scale", default="auto",
                         help=f"auto, {', '.join(SCALES)} (default auto: gpu on a CUDA device, else cpu); cpu: "
-                             "50–55 minutes on 2 cores; "
+                             "51–54 minutes on 2 cores; "
                              "gpu: epochs of 250 iterations, 3 seeds; smoke: tiny data and a few iterations, "
                              "to check the pipeline in under a minute (learns nothing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and training (default 0)")
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "<output>/seed_N/study/logs (default: on a CPU one per core, at most 4; on a GPU 1); "
                              "1: every job in this process, one after another, with its training log on screen")
     args = parser.parse_args(argv)
+    refuse_raw_dataset(args.output, "-o")
     device = resolve_device(args.device)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies is not None else None
     result = run_demo(args.output, device, args.seed, args.scale, args.seeds, strategies, args.parallel)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from covtransfer.cli.common import run_cli
+from covtransfer.data.raw_guard import summary_output
 from covtransfer.evaluation.postprocessing import determine_postprocessing
 
 
@@ -20,14 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pred", required=True, help="folder of (validation) predicted label maps")
     parser.add_argument("--labels", type=int, nargs="+",
                         help="labels to consider (default: as covtransfer_evaluate)")
-    parser.add_argument("-o", "--output", help="rules JSON path (default PRED/postprocessing.json)")
+    parser.add_argument("-o", "--output", help="rules JSON path (default PRED/postprocessing.json; never inside a "
+                                               "raw dataset folder)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, help="cases processed in parallel")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    output = Path(args.output) if args.output else Path(args.pred) / "postprocessing.json"
+    output = summary_output(args.ref, args.pred, args.output, "postprocessing.json")
     rules = determine_postprocessing(args.ref, args.pred, args.labels, output, args.num_processes)
     labels = ", ".join(str(v) for v in rules["largest_component_labels"]) or "none"
     print(f"largest component of all foreground: {'yes' if rules['largest_component_foreground'] else 'no'}; "

@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fingerprint-voxels", type=int, default=FOREGROUND_VOXEL_BUDGET, metavar="N",
                         help="foreground intensity samples per channel for the fingerprint (default 1e8, as nnU-Net; "
                              "fewer use less memory and time)")
-    parser.add_argument("--overwrite", action="store_true", help="redo the fingerprint and every case")
+    parser.add_argument("--overwrite", action="store_true", help="redo the fingerprint and every case; also lets a "
+                        "dataset planned with --plans-from be planned on its own")
     parser.add_argument("--no-verify", action="store_true", help="skip the dataset check")
     parser.add_argument("--allow-spacing", action="store_true",
                         help="accept a spacing outside 0.05-20 mm or an extent over 2 m in the dataset check")

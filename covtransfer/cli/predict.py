@@ -7,11 +7,13 @@ import sys
 from typing import Sequence
 
 from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
+from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.inference.model_loading import CHECKPOINT_CHOICES, checkpoint_paths, dataset_checkpoints
 from covtransfer.inference.cpu_runtime import CPU_RUNTIME_ENV
 from covtransfer.inference.predictor import DEFAULT_STEP, FAST_STEP, predict_folder
+from covtransfer.training.strategies import STRATEGY_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "single-channel images, a raw dataset folder (its imagesTs/ is used), or a DICOM CT "
                              "series: a folder of .dcm files, or a folder of subfolders with one series each (each "
                              "predicted into <folder name>.nii.gz)")
-    parser.add_argument("-o", "--output", required=True, help="output folder (must not be the input folder)")
+    parser.add_argument("-o", "--output", required=True, help="output folder (not the input folder, not inside a "
+                                                                  "raw dataset folder)")
     model = parser.add_argument_group("model (either -d and -t, or -m)")
     model.add_argument("-d", "--dataset", help="dataset id or name under the results root")
     model.add_argument("-t", "--strategy", help="training strategy folder (scratch, finetune, hybrid, ...)")
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip cases whose outputs already exist")
     parser.add_argument("--allow-spacing", action="store_true",
                         help="warn instead of refusing a spacing outside 0.05-20 mm or an extent over 2 m")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no note on mirroring's cost")
     add_root_arguments(parser)
     return parser
 
@@ -72,11 +75,12 @@ def _checkpoints(args: argparse.Namespace) -> list:
     if not (args.dataset and args.strategy):
         raise CovtransferError("name the model: -d DATASET -t STRATEGY, or -m MODEL_FOLDER")
     return dataset_checkpoints(roots_from_args(args).results, args.dataset, args.strategy, args.folds, args.tag,
-                               args.checkpoint)
+                               args.checkpoint, STRATEGY_NAMES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_raw_dataset(args.output, "-o", roots_from_args(args).raw)
     device = resolve_device(args.device)
     checkpoints = _checkpoints(args)
     step = args.step if args.step is not None else (FAST_STEP if args.fast else DEFAULT_STEP)

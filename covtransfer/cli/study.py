@@ -11,6 +11,7 @@ from typing import Sequence
 
 from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
 from covtransfer.cli.study_launch import add_launcher_arguments, check_launcher_arguments, launch, run_job
+from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.experiments.report import summary_text
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_job(args)
     if not args.target or not args.sources:
         raise CovtransferError("--target and --sources are required (only --job reads them from the study folder)")
+    if args.output:
+        refuse_raw_dataset(args.output, "-o", roots_from_args(args).raw)
     launcher = check_launcher_arguments(args)
     device = args.device if launcher.deferred_device else resolve_device(args.device)
     if args.num_processes is not None and args.num_processes < 1:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from covtransfer.data.dataset_json import DatasetInfo, load_dataset_json
 from covtransfer.data.image_io import (DANGLING_LINK, Geometry, count_nonfinite_nifti, file_ending, is_dangling_link,
@@ -303,12 +304,13 @@ def verify_dataset(folder: str | os.PathLike, num_processes: int = 1, allow_spac
         problems.append(f"dataset.json: numTraining is {info.num_training} but imagesTr holds {len(train)} case(s)")
     tasks = train + test
     declared = tuple(info.label_values)
+    progress = dict(total=len(tasks), desc=f"checking {folder.name}", unit="case", disable=None)  # terminal only
     if num_processes > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(min(num_processes, len(tasks))) as pool:
-            results = list(pool.map(_check_case, [folder] * len(tasks), tasks, [declared] * len(tasks),
-                                    [allow_spacing] * len(tasks)))
+            results = list(tqdm(pool.map(_check_case, [folder] * len(tasks), tasks, [declared] * len(tasks),
+                                         [allow_spacing] * len(tasks)), **progress))
     else:
-        results = [_check_case(folder, task, declared, allow_spacing) for task in tasks]
+        results = [_check_case(folder, task, declared, allow_spacing) for task in tqdm(tasks, **progress)]
     for result in results:
         problems += result.problems
     return VerifyReport(problems, _summary(folder, info, len(train), len(test), results))

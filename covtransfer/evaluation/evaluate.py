@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from covtransfer.atomic import atomic_path, write_json
 from covtransfer.data.dataset_json import load_dataset_json
@@ -131,11 +132,13 @@ def evaluate_case(case: str, ref_path: Path, pred_path: Path, labels: list[int] 
 
 
 def map_cases(function, jobs: list[tuple], num_processes: int) -> list:
-    """``function(*job)`` for every job, in order; in a pool of spawned processes when ``num_processes > 1``."""
+    """``function(*job)`` for every job, in order; in a pool of spawned processes when ``num_processes > 1``. A
+    progress bar counts the cases on a terminal."""
+    progress = dict(total=len(jobs), desc="scoring", unit="case", disable=None, leave=False)
     if num_processes <= 1 or len(jobs) <= 1:
-        return [function(*job) for job in jobs]
+        return [function(*job) for job in tqdm(jobs, **progress)]
     with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=get_context("spawn")) as pool:
-        return list(pool.map(function, *zip(*jobs)))
+        return list(tqdm(pool.map(function, *zip(*jobs)), **progress))
 
 
 def evaluate_folders(ref_folder: str | os.PathLike, pred_folder: str | os.PathLike, labels: Sequence[int] | None = None,

@@ -7,6 +7,7 @@ ensemble must share plans (one preprocessing per case) and classes (their probab
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, replace
@@ -98,32 +99,52 @@ def checkpoint_paths(model_paths: Sequence[str | os.PathLike], which: str = "fin
     return found
 
 
-def strategy_folder(results_root: str | os.PathLike, dataset: str | int, strategy: str, tag: str | None = None) -> Path:
-    """``RESULTS/DatasetNNN_Name/<strategy>[__<tag>]`` for a dataset given by id or name."""
+def trained_runs(dataset_folder: Path, which: str = "final") -> str:
+    """What is trained for a dataset, for error messages: ``trained for <dataset> with --checkpoint final: hybrid
+    (folds 0, 1); scratch (fold 0)`` (or ``nothing``)."""
+    runs = []
+    for folder in sorted(p for p in dataset_folder.iterdir() if p.is_dir()) if dataset_folder.is_dir() else []:
+        folds = [f.name[len("fold_"):] for f in fold_folders(folder) if (f / f"checkpoint_{which}.pt").is_file()]
+        if folds:
+            runs.append(f"{folder.name} (fold{'s' if len(folds) > 1 else ''} {', '.join(folds)})")
+    return f"trained for {dataset_folder.name} with --checkpoint {which}: {'; '.join(runs) or 'nothing'}"
+
+
+def strategy_folder(results_root: str | os.PathLike, dataset: str | int, strategy: str, tag: str | None = None,
+                    which: str = "final", known: Sequence[str] = ()) -> Path:
+    """``RESULTS/DatasetNNN_Name/<strategy>[__<tag>]`` for a dataset given by id or name; a missing one is refused
+    with what is trained for the dataset, and with the closest of the ``known`` strategy names when it is none."""
     name = f"{strategy}__{tag}" if tag else strategy
-    folder = find_dataset(Path(results_root), dataset) / name
-    if not folder.is_dir():
-        raise CovtransferError(f"{folder}: no such results folder (train with -t {strategy} first)")
-    return folder
+    dataset_folder = find_dataset(Path(results_root), dataset)
+    folder = dataset_folder / name
+    if folder.is_dir():
+        return folder
+    trained = trained_runs(dataset_folder, which)
+    if known and strategy not in known:
+        close = difflib.get_close_matches(strategy, known, 1)
+        hint = f"did you mean {close[0]}? " if close else f"choose one of {', '.join(known)}; "
+        raise CovtransferError(f"-t {strategy}: no such strategy ({hint}{trained})")
+    raise CovtransferError(f"{folder}: no such results folder (train with -t {strategy} first; {trained})")
 
 
 def dataset_checkpoints(results_root: str | os.PathLike, dataset: str | int, strategy: str,
                         folds: Sequence[str | int] | None = None, tag: str | None = None,
-                        which: str = "final") -> list[Path]:
-    """The checkpoints of the given folds (default: every ``fold_*`` folder that holds the checkpoint)."""
-    folder = strategy_folder(results_root, dataset, strategy, tag)
+                        which: str = "final", known: Sequence[str] = ()) -> list[Path]:
+    """The checkpoints of the given folds (default: every ``fold_*`` folder that holds the checkpoint); ``known``
+    strategy names answer a misspelt one with the closest."""
+    folder = strategy_folder(results_root, dataset, strategy, tag, which, known)
     name = f"checkpoint_{which}.pt"
     if folds is None:
         found = [fold / name for fold in fold_folders(folder) if (fold / name).is_file()]
         if not found:
             raise CovtransferError(f"{folder}: no fold_*/{name} (train a fold first, or pick another with "
-                                   f"--checkpoint)")
+                                   f"--checkpoint; {trained_runs(folder.parent, which)})")
         return found
     found = []
     for fold in folds:
         path = folder / f"fold_{fold}" / name
         if not path.is_file():
-            raise CovtransferError(f"{path}: checkpoint not found")
+            raise CovtransferError(f"{path}: checkpoint not found ({trained_runs(folder.parent, which)})")
         found.append(path)
     return found
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -222,6 +223,15 @@ class Predictor:
     def num_input_channels(self) -> int:
         return self.models[0].num_input_channels
 
+    def mirroring_note(self) -> str | None:
+        """On a CPU with mirroring on, one line on what it costs and how to skip it (GPUs afford it)."""
+        passes = 2 ** len(self.models[0].mirror_axes)
+        if not self.tta or self.device.type != "cpu" or passes == 1:
+            return None
+        return (f"note: mirroring (test-time augmentation) is on: the network sees every window {passes} times, once "
+                f"per flip of the {len(self.models[0].mirror_axes)} axes: about {passes}x the network time on this "
+                "CPU; --no-tta skips it, --fast skips it and takes 8x fewer windows")
+
     def preprocess(self, case: InputCase) -> tuple[np.ndarray, dict]:
         """Read and preprocess one case's channel files."""
         data, _, properties = self.preprocessor.run_files(case.images, None, case.case_id)
@@ -286,6 +296,9 @@ class Predictor:
         todo = [c for c in cases if not (skip_existing and self._outputs_exist(c, output_folder))]
         for case in todo:
             self._remove_leftovers(case, output_folder)
+        note = self.mirroring_note() if progress and todo else None
+        if note:
+            print(note, file=sys.stderr)
         prefetch = self.device.type == "cuda"
         written: list[Path] = []
         with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \

@@ -1,4 +1,4 @@
-"""Selective Fusion (DESIGN.md §5): channel attention that merges the dedicated and adapted encoders' feature maps.
+"""Selective Fusion: channel attention that merges the dedicated and adapted encoders' feature maps.
 
 In the manner of selective-kernel networks, a per-sample channel descriptor of F_D + F_A chooses, per channel, how
 much of each branch to keep (α for dedicated, β = 1 − α for adapted). No batch statistics: batches are tiny.

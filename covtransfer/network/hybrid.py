@@ -1,4 +1,4 @@
-"""The hybrid encoder network (DESIGN.md §5): dedicated and adapted encoders fused per level, one shared decoder.
+"""The hybrid encoder network: dedicated and adapted encoders fused per level, one shared decoder.
 
 The ``hybrid`` strategy loads a pre-trained ``encoder.*`` into ``adapted_encoder.*`` and trains ``dedicated_encoder``
 from scratch; the fused map of each level is that level's skip connection, and at the bottleneck the decoder input.

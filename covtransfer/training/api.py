@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from covtransfer.config import Roots, find_dataset
+from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.errors import CovtransferError
 from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
@@ -126,6 +127,7 @@ def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roo
     if checkpoint is not None:
         check_pretrained_topology(checkpoint, tasks[0].plans.configuration(configuration), source, tasks[0].name)
     folder = fold_folder(roots, [t.name for t in tasks], strategy.name, fold, tag)
+    refuse_raw_dataset(folder, "--results", roots.raw)
     new_root = _first_missing(folder)
     with run_lock(folder) if _is_main_process() else contextlib.nullcontext():
         try:

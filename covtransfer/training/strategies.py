@@ -1,6 +1,6 @@
 """Training strategies: small objects that decide initialisation, frozen parameters and parameter groups.
 
-One trainer runs the loop for all of them (DESIGN.md §5):
+One trainer runs the loop for all of them:
 
 | strategy  | from the pre-trained model     | trained                                              |
 |-----------|--------------------------------|------------------------------------------------------|

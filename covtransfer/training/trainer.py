@@ -33,37 +33,13 @@ from covtransfer.training.checkpoint import (LATEST, PREVIOUS, newest_checkpoint
                                             set_aside_damaged)
 from covtransfer.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, tp_fp_fn
 from covtransfer.training.run_log import RunLog
+from covtransfer.training.progress import TrainingProgress
 from covtransfer.training.sampler import PatchSampler
+from covtransfer.training.settings import AMP_MODES, TrainingSettings
 from covtransfer.training.strategies import Strategy
 
 EMA_DECAY = 0.9
-AMP_MODES = ("auto", "on", "off", "bf16", "fp16")  # --amp: auto and on pick the format, bf16 and fp16 name it
 PLOT_INTERVAL_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch): drawing takes ~0.2 s
-
-
-@dataclass
-class TrainingSettings:
-    """Every knob of a run (nnU-Net defaults); recorded in the checkpoint."""
-
-    epochs: int = 1000
-    iters_per_epoch: int = 250
-    val_iters: int = 50
-    lr: float = 1e-2
-    momentum: float = 0.99
-    weight_decay: float = 3e-5
-    grad_clip: float = 12.0
-    poly_exponent: float = 0.9
-    oversample_foreground: float = 0.33
-    save_every: int = 50
-    seed: int = 12345
-    device: str = "auto"
-    compile: bool = False
-    compile_scope: str = "network"  # with compile: the whole network, or "blocks" (regional_compile.py)
-    amp: str = "auto"
-    num_workers: int | None = None
-    source_weights: list[float] | None = None
-    final_validation: bool = True
-    validation_tta: str = "auto"  # mirroring in final validation: auto (on GPUs only), on or off
 
 
 @dataclass
@@ -326,15 +302,17 @@ class Trainer:
                   f"epochs {self.state.epoch}..{s.epochs - 1}, {s.iters_per_epoch} iterations each, "
                   f"patch {self.configuration.patch_size}, batch {self.configuration.batch_size}, "
                   f"device {self.device}, {self.context.world_size} process(es)")
+        progress = TrainingProgress(self.state.epoch, s.epochs, s.iters_per_epoch, s.val_iters,
+                                    self.log_line if self.log is not None else None)
         while self.state.epoch < s.epochs:
-            self._run_epoch(train_batches, val_batches)
+            self._run_epoch(train_batches, val_batches, progress)
         self._save("checkpoint_final.pt")
         if self.context.is_main:
             (self.output_folder / LATEST).unlink(missing_ok=True)
             (self.output_folder / PREVIOUS).unlink(missing_ok=True)
         return self.state.history[-1] if self.state.history else {}
 
-    def _run_epoch(self, train_batches, val_batches) -> None:
+    def _run_epoch(self, train_batches, val_batches, progress: TrainingProgress) -> None:
         s, epoch = self.settings, self.state.epoch
         start = time.perf_counter()
         lr = poly_lr(s.lr, epoch, s.epochs, s.poly_exponent)
@@ -342,16 +320,18 @@ class Trainer:
             group["lr"] = lr * group["lr_scale"]
         self.model.train()
         losses = []
-        for _ in range(s.iters_per_epoch):
-            batch = next(train_batches)
-            images, seg, task = self._to_device(batch)
-            images, seg = self.augment(images, seg, self._generator(0, int(batch["index"])))
-            try:
-                losses.append(self.train_step(images, seg, task))
-            except FloatingPointError:
-                raise CovtransferError(
-                    f"{self.output_folder}: the loss became NaN/Inf in epoch {epoch}; training stopped, the last "
-                    "good checkpoint is kept (try a lower learning rate or check the data)") from None
+        with progress.epoch(epoch) as ticker:
+            for _ in range(s.iters_per_epoch):
+                batch = next(train_batches)
+                images, seg, task = self._to_device(batch)
+                images, seg = self.augment(images, seg, self._generator(0, int(batch["index"])))
+                try:
+                    losses.append(self.train_step(images, seg, task))
+                except FloatingPointError:
+                    raise CovtransferError(
+                        f"{self.output_folder}: the loss became NaN/Inf in epoch {epoch}; training stopped, the "
+                        "last good checkpoint is kept (try a lower learning rate or check the data)") from None
+                ticker.step()
         val_loss, val_dice, task_dice = self._validate(val_batches)
         ema = moving_average(self.state.ema, val_dice)
         previous = self.state.history[-1].get("task_ema", {}) if self.state.history else {}

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.dataset_json import list_cases, load_dataset_json
+from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.data.verify import verify_dataset
 from covtransfer.errors import CovtransferError
 from covtransfer.planning.fingerprint import (FOREGROUND_VOXEL_BUDGET, compute_fingerprint, load_fingerprint,
@@ -33,6 +37,10 @@ def _refuse_if_broken(raw_folder: Path, num_processes: int, allow_spacing: bool)
     lines = "\n".join(f"  {problem}" for problem in report.problems)
     raise CovtransferError(f"{raw_folder}: {len(report.problems)} problems found, nothing written "
                            f"(fix them or see covtransfer_verify):\n{lines}")
+
+
+GPU_PRESET_NOTE = ("note: no GPU here, and the default preset sizes the network for a GPU (several seconds per "
+                   "training iteration on a CPU); for a network sized for a few CPU cores plan with --preset cpu")
 
 
 def _target_plans_path(roots: Roots, target: str | int) -> Path:
@@ -92,6 +100,22 @@ def _stale_configurations(old_path: Path, new: Plans) -> set[str]:
             if name not in old.configurations or _preprocessing_inputs(old, name) != _preprocessing_inputs(new, name)}
 
 
+def _refuse_replacing_shared_plans(plans_path: Path, plans_from: str | int | None) -> None:
+    """Planning a dataset on its own must not silently replace the plans it shares with a target (``--plans-from``):
+    every model pre-trained on it would no longer fit that target."""
+    if not plans_path.is_file():
+        return
+    try:
+        shared_with = Plans.load(plans_path).plans_from
+    except CovtransferError:
+        return
+    if shared_with:
+        how = "without --plans-from" if plans_from is None else "as the --plans-from target"
+        raise CovtransferError(f"{plans_path}: these plans came from {shared_with} (--plans-from); planning the "
+                               f"dataset {how} would replace them: pass --plans-from {shared_with} to keep them, or "
+                               "--overwrite to replace them; nothing written")
+
+
 def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_from: str | int | None = None,
                         gpu_memory_gb: float = 8.0, preset: str | None = None,
                         configurations: Sequence[str] | None = None, num_processes: int | None = None,
@@ -105,6 +129,8 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
     """
     num_processes = int(num_processes or os.cpu_count() or 1)
     raw_folders = list(dict.fromkeys(find_dataset(roots.raw, d) for d in dataset_ids))
+    for folder in raw_folders:
+        refuse_raw_dataset(roots.preprocessed / folder.name, "--preprocessed", roots.raw)
     target_name, target_plans = None, None
     if plans_from is not None:
         target_name = _raw_name(roots, plans_from)
@@ -117,6 +143,10 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
         for folder in raw_folders:
             _refuse_if_broken(folder, num_processes, allow_spacing)
     infos = {folder: load_dataset_json(folder) for folder in raw_folders}
+    if not overwrite:
+        for folder in raw_folders:
+            if plans_from is None or folder.name == target_name:
+                _refuse_replacing_shared_plans(roots.preprocessed / folder.name / "plans.json", plans_from)
     if plans_from is not None:
         channels = target_plans.num_input_channels if target_plans else infos[raw_folders[0]].num_channels
         for folder, info in infos.items():
@@ -126,12 +156,16 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
                                        "same channels")
 
     outputs = []
+    gpu_sized_on_cpu = preset in (None, "default") and not torch.cuda.is_available()
     for folder in raw_folders:
         info = infos[folder]
         out = roots.preprocessed / folder.name
         fingerprint = _fingerprint(folder, out, info, num_processes, overwrite, fingerprint_voxels)
         if plans_from is None or folder.name == target_name:
             plans = plan_experiment(fingerprint, info, folder.name, gpu_memory_gb, preset)
+            if gpu_sized_on_cpu:
+                print(GPU_PRESET_NOTE, file=sys.stderr)
+                gpu_sized_on_cpu = False
             if folder.name == target_name:
                 target_plans = plans
         else:
