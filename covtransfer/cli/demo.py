@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import add_device_argument, run_cli
+from covtransfer.cli.common import add_device_argument, help_description, run_cli
 from covtransfer.devices import resolve_device
 from covtransfer.experiments.demo import SCALES, print_demo_summary, run_demo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="covtransfer_demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="covtransfer_demo", description=help_description(__doc__))
     parser.add_argument("-o", "--output", default="covtransfer_demo",
                         help="folder for the demo's data, models and study outputs (default ./covtransfer_demo); "
                              "a rerun resumes and skips finished steps")
