@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"auto, {', '.join(SCALES)} (default auto: gpu on a CUDA device, else cpu); cpu: "
                              "50–55 minutes on 2 cores; "
                              "gpu: epochs of 250 iterations, 3 seeds; smoke: tiny data and a few iterations, "
-                             "to check the pipeline in under a minute (learns nothing)")
+                             "to check the pipeline in 1-2 minutes on 2 cores (learns nothing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and training (default 0)")
     parser.add_argument("--seeds", type=int, metavar="K",
                         help="run seeds SEED..SEED+K-1 and report mean ± sd across them (default: 3 at the gpu "

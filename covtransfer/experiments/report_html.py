@@ -112,10 +112,11 @@ def untrained_banner(record: dict | None) -> str | None:
     epochs, iterations = int(settings["epochs"]), int(settings["iters_per_epoch"])
     if epochs * iterations >= UNTRAINED_ITERATIONS:
         return None
-    return (f"Smoke-scale run: each model was trained for only {epochs * iterations} iterations ({epochs} epoch(s) "
-            f"of {iterations}), far too few to learn anything. The models are not trained: the numbers, verdicts and "
-            "pictures below say nothing about the strategies, only that the pipeline runs from end to end. For "
-            "results, run the demo at --scale cpu or gpu, or the study with its default training length.")
+    return (f"Smoke-scale run: each model was trained for only {epochs * iterations} iterations ({epochs} "
+            f"epoch{'' if epochs == 1 else 's'} of {iterations}), far too few to learn anything. The models are not "
+            "trained: the numbers, verdicts and pictures below say nothing about the strategies, only that the "
+            "pipeline runs from end to end. For results, run the demo at --scale cpu or gpu, or the study with its "
+            "default training length.")
 
 
 def report_html(folder: Path, rows: list[dict], target: str, roots: Roots, paired: list[dict],
