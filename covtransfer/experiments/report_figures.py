@@ -12,7 +12,7 @@ from covtransfer.atomic import atomic_path
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.image_io import read_image
 from covtransfer.experiments.verdict import run_label
-from covtransfer.plot_axes import epoch_axis
+from covtransfer.training.plot_axes import epoch_axis
 
 
 def save_png(fig, path: Path) -> None:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from covtransfer.atomic import atomic_path, write_text
-from covtransfer.plot_axes import epoch_axis
+from covtransfer.training.plot_axes import epoch_axis
 
 
 class RunLog:
