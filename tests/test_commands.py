@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from covtransfer.cli import demo, study
+from covtransfer.cli import demo, study, train
 from covtransfer.cli.common import run_cli
 from covtransfer.experiments.demo import SMOKE_SCALE, default_parallel, print_demo_summary, run_demo
 from covtransfer.experiments.spec import DEFAULT_STRATEGIES
@@ -55,6 +55,7 @@ def _check_outputs(folder, printed: str, strategies=DEFAULT_STRATEGIES) -> None:
     for strategy in strategies:
         assert f"| {strategy} |" in printed
     assert "Paired comparison with scratch" in printed and "final EMA pseudo Dice per source" in printed
+    assert "## Verdict: each strategy against scratch" in printed and "DSC points over scratch" in printed
     with open(folder / "results.csv") as handle:
         table = list(csv.DictReader(handle))
     assert [row["strategy"] for row in table] == list(strategies)
@@ -105,6 +106,12 @@ def test_demo_report_html_names_every_strategy_and_embeds_decodable_images(demo_
     assert len(images) >= 2 + len(DEFAULT_STRATEGIES)
     for png in images:
         assert plt.imread(io.BytesIO(png)).ndim == 3
+    # the smoke scale trains 2 iterations per model: the page says so above everything else
+    assert page.count('<p class="banner">Smoke-scale run') == 1
+    assert page.index('class="banner"') < page.index("<h2>Verdict")
+    for strategy in DEFAULT_STRATEGIES[1:]:
+        assert f"<li>{strategy} (multi): +0.0 DSC points over scratch" in page or \
+            f"<li>{strategy} (multi): \u2212" in page
 
 
 def test_demo_report_renders_in_headless_chromium(demo_run, tmp_path):
@@ -164,6 +171,20 @@ def test_study_refuses_a_pretraining_from_sources_planned_otherwise(study_run, c
     flags = [f for f in STUDY_FLAGS if f not in ("--preset", "cpu")]
     _refused(study.main, flags + _roots(copy) + ["-o", str(copy / "study")], capsys,
              "was trained with plans other than those of Dataset011_Target")
+
+
+def test_help_is_plain_text_and_the_study_usage_marks_its_datasets_required(capsys):
+    for main in (demo.main, study.main, train.main):
+        with pytest.raises(SystemExit) as stop:
+            main(["--help"])
+        assert stop.value.code == 0
+        text = capsys.readouterr().out
+        assert "``" not in text and "covtransfer_" in text.split("\n\n")[1]  # the description, without markup
+    with pytest.raises(SystemExit) as stop:
+        study.main([])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "the following arguments are required: --target, --sources" in err
+    assert "--target TARGET --sources SOURCES" in err and "[--target" not in err
 
 
 def test_demo_runs_several_seeds_and_summarises_them(tmp_path, capsys):

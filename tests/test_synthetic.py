@@ -188,7 +188,8 @@ def test_cli_writes_dataset_and_reports_errors(tmp_path, capsys, monkeypatch):
         make_synthetic.main(argv)
     assert run_cli(make_synthetic.main, argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert err.strip().endswith("already exists; pass --overwrite to replace it")  # the flag, not the API's keyword
     assert make_synthetic.main(argv + ["--overwrite", "--with-lungs"]) == 0
     assert load_dataset_json(folder).labels["lung"] == 1
     with pytest.raises(SystemExit):

@@ -12,6 +12,12 @@ from covtransfer.devices import DEVICE_HELP
 from covtransfer.errors import CovtransferError
 
 
+def help_description(docstring: str) -> str:
+    """A module docstring as an argparse description: without the reST ````literal```` markup, which ``--help`` would
+    print as it is."""
+    return docstring.replace("``", "")
+
+
 def add_root_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--raw``, ``--preprocessed`` and ``--results``, which override the environment variables."""
     group = parser.add_argument_group("data roots (default: $COVTRANSFER_* or ./covtransfer_data/*)")

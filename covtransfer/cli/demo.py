@@ -6,14 +6,14 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import add_device_argument, run_cli
+from covtransfer.cli.common import add_device_argument, help_description, run_cli
 from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.experiments.demo import SCALES, print_demo_summary, run_demo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="covtransfer_demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="covtransfer_demo", description=help_description(__doc__))
     parser.add_argument("-o", "--output", default="covtransfer_demo",
                         help="folder for the demo's data, models and study outputs (default ./covtransfer_demo); "
                              "a rerun resumes and skips finished steps")
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"auto, {', '.join(SCALES)} (default auto: gpu on a CUDA device, else cpu); cpu: "
                              "51–54 minutes on 2 cores; "
                              "gpu: epochs of 250 iterations, 3 seeds; smoke: tiny data and a few iterations, "
-                             "to check the pipeline in under a minute (learns nothing)")
+                             "to check the pipeline in 1-2 minutes on 2 cores (learns nothing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and training (default 0)")
     parser.add_argument("--seeds", type=int, metavar="K",
                         help="run seeds SEED..SEED+K-1 and report mean ± sd across them (default: 3 at the gpu "

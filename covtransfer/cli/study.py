@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
+from covtransfer.cli.common import (add_device_argument, add_root_arguments, help_description, roots_from_args,
+                                    run_cli)
 from covtransfer.cli.study_launch import add_launcher_arguments, check_launcher_arguments, launch, run_job
 from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.devices import resolve_device
@@ -21,11 +22,21 @@ from covtransfer.planning.fingerprint import FOREGROUND_VOXEL_BUDGET
 from covtransfer.training.trainer import AMP_MODES, TrainingSettings
 
 
+def _runs_one_job(argv: Sequence[str] | None) -> bool:
+    """Whether ``--job`` is given: that job reads the datasets from the study folder, every other run needs them."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--job")
+    return probe.parse_known_args(argv)[0].job is not None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = TrainingSettings()
-    p = argparse.ArgumentParser(prog="covtransfer_study", description=__doc__)
-    p.add_argument("--target", help="target dataset id or name (e.g. the converted COVID-19-CT-Seg)")
-    p.add_argument("--sources", nargs="+", help="source (non-COVID lesion) dataset ids or names")
+    needs_datasets = not _runs_one_job(argv)
+    p = argparse.ArgumentParser(prog="covtransfer_study", description=help_description(__doc__))
+    p.add_argument("--target", required=needs_datasets,
+                   help="target dataset id or name (e.g. the converted COVID-19-CT-Seg); not needed with --job")
+    p.add_argument("--sources", nargs="+", required=needs_datasets,
+                   help="source (non-COVID lesion) dataset ids or names; not needed with --job")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                    help=f"comma-separated (default {','.join(DEFAULT_STRATEGIES)})")
     p.add_argument("--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4), or all")
@@ -55,8 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.job:
         return run_job(args)
-    if not args.target or not args.sources:
-        raise CovtransferError("--target and --sources are required (only --job reads them from the study folder)")
     if args.output:
         refuse_raw_dataset(args.output, "-o", roots_from_args(args).raw)
     launcher = check_launcher_arguments(args)
@@ -79,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run or args.launcher != "inline":
         return launch(study, launcher, args.dry_run)
     rows = study.run()
-    print("\n" + summary_text(rows, study.paired, study.pretraining_rows))
+    print("\n" + summary_text(rows, study.paired, study.pretraining_rows, spec.tolerance_mm))
     return 0
 
 

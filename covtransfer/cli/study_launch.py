@@ -108,7 +108,7 @@ def run_job(args: argparse.Namespace) -> int:
     study = Study.from_folder(Path(args.output), roots_from_args(args), args.device)
     result = study.run_job(args.job)
     if args.job == AGGREGATE_JOB:
-        print("\n" + summary_text(result, study.paired, study.pretraining_rows))
+        print("\n" + summary_text(result, study.paired, study.pretraining_rows, study.spec.tolerance_mm))
     else:
         print(f"{args.job}: {len(result)} test case score(s) in {Path(args.output) / 'predictions'}")
     return 0

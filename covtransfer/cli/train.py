@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from covtransfer.cli.common import add_device_argument, add_root_arguments, roots_from_args, run_cli
+from covtransfer.cli.common import (add_device_argument, add_root_arguments, help_description, roots_from_args,
+                                    run_cli)
 from covtransfer.devices import resolve_device
 from covtransfer.training.api import train
 from covtransfer.training.strategies import STRATEGY_NAMES, make_strategy
@@ -16,7 +17,7 @@ from covtransfer.training.trainer import AMP_MODES, TrainingSettings
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainingSettings()
-    p = argparse.ArgumentParser(prog="covtransfer_train", description=__doc__,
+    p = argparse.ArgumentParser(prog="covtransfer_train", description=help_description(__doc__),
                                 epilog="Multi-GPU: torchrun --nproc_per_node N -m covtransfer.cli.train ...")
     p.add_argument("-d", "--dataset", nargs="+", required=True,
                    help="dataset id(s) or name(s); several only with -t pretrain (multi-lesion pre-training)")

@@ -56,7 +56,7 @@ def _check_arguments(kind: str, n_train: int, n_test: int, size: str, seed: int)
 
 def _check_target(raw_root: Path, folder: Path, dataset_id: int, overwrite: bool) -> None:
     if folder.exists() and not overwrite:
-        raise CovtransferError(f"{folder}: already exists; pass --overwrite (overwrite=True) to replace it")
+        raise CovtransferError(f"{folder}: already exists; pass --overwrite to replace it")
     if raw_root.is_dir():
         for other in raw_root.iterdir():
             if other.is_dir() and other.name != folder.name and parse_dataset_id(other.name) == dataset_id:

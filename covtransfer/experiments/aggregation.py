@@ -55,7 +55,7 @@ def aggregate_study(spec: StudySpec, roots: Roots, target: str, sources: list[st
         rows[-1]["per_case"] = per_case
         rows[-1]["histories"] = histories
     paired = paired_rows(rows)
-    write_report(output, rows, commands, target, roots, paired, ema_rows)
+    write_report(output, rows, commands, target, roots, paired, ema_rows, spec.tolerance_mm)
     write_html_report(output, rows, target, roots, paired, ema_rows)
     return rows, paired, ema_rows
 

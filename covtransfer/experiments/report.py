@@ -11,18 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from covtransfer.atomic import atomic_path, write_text
-from covtransfer.config import Roots, find_dataset
-from covtransfer.data.image_io import read_image
+from covtransfer.config import Roots
 from covtransfer.experiments.markdown import markdown_table, mean_sd_cell
 from covtransfer.experiments.paired import N_RESAMPLES, paired_table
 from covtransfer.experiments.pretraining_summary import pretraining_table
+from covtransfer.experiments.report_figures import convergence_figure, dice_boxplot, save_png, write_overlays
+from covtransfer.experiments.verdict import verdict_text
 
 COLUMNS = [("DSC %", "dice"), ("NSD@τ %", "nsd"), ("sensitivity %", "sensitivity"), ("precision %", "precision"),
            ("MCC %", "mcc")]
-
-
-def _name(row: dict) -> str:
-    return row["strategy"] if row["pretraining"] == "none" else f"{row['strategy']} ({row['pretraining']})"
+PER_CASE_COLUMNS = ["pretraining", "strategy", "fold", "case", "label", "dice", "nsd", "hd95"]
 
 
 def _number(value: float) -> str:
@@ -41,6 +39,19 @@ def results_table(rows: list[dict]) -> str:
     return markdown_table(header, table)
 
 
+def results_note(tolerance_mm: float | None = None) -> str:
+    """What the results table's columns mean, τ included (its value when known)."""
+    tau = f"τ = {tolerance_mm:g} mm" if tolerance_mm is not None else "τ: the study's --tolerance-mm, 3 mm by default"
+    return ("Metrics in %, mean ± sd over the test cases of all folds, of the first foreground label. NSD@τ: "
+            "normalised surface Dice, the share of the reference and predicted surfaces that lie within τ of each "
+            f"other ({tau}). MCC: Matthews correlation coefficient of the voxels. train min/fold: minutes of "
+            "training per fold (the sum of its epoch times). conv. epoch: the first epoch (counted from 0) whose "
+            "moving-average validation pseudo Dice reaches 90 % of its last value, mean over folds; it tells how "
+            "soon a strategy gets near where it ends. n/a: undefined, e.g. precision when a model predicted nothing "
+            "on every test case, sensitivity when no reference has a lesion, conv. epoch when the pseudo Dice "
+            "never rose above 0.")
+
+
 PAIRED_NOTE = ("Each strategy minus scratch on the same test cases (same fold), in percentage points; 95 % CI: "
                f"percentile bootstrap of the mean difference ({N_RESAMPLES:,} resamples of the pairs, seeded); "
                "Wilcoxon p: two-sided signed-rank test of the paired differences. n/a: fewer than 2 pairs, or every "
@@ -48,40 +59,40 @@ PAIRED_NOTE = ("Each strategy minus scratch on the same test cases (same fold), 
 NO_PAIRS = "n/a: the paired comparison needs scratch and at least one other strategy."
 
 
-def summary_text(rows: list[dict], paired: list[dict], pretraining: list[dict]) -> str:
-    """The results table, the paired comparison with scratch and the pre-training EMA per source, in Markdown."""
-    parts = [results_table(rows), "## Paired comparison with scratch",
-             paired_table(paired) if paired else NO_PAIRS, PAIRED_NOTE]
+def summary_text(rows: list[dict], paired: list[dict], pretraining: list[dict],
+                 tolerance_mm: float | None = None) -> str:
+    """In Markdown: the verdict of every strategy against scratch, the results table and what its columns mean, the
+    paired comparison with scratch and the pre-training EMA per source."""
+    parts = ["## Verdict: each strategy against scratch", verdict_text(paired)] if paired else []
+    parts += ["## Results", results_table(rows), results_note(tolerance_mm), "## Paired comparison with scratch",
+              paired_table(paired) if paired else NO_PAIRS, PAIRED_NOTE]
     if pretraining:
         parts += ["## Pre-training: final EMA pseudo Dice per source", pretraining_table(pretraining)]
     return "\n\n".join(parts) + "\n"
 
 
-def results_markdown(target: str, rows: list[dict], paired: list[dict], pretraining: list[dict]) -> str:
+def results_markdown(target: str, rows: list[dict], paired: list[dict], pretraining: list[dict],
+                     tolerance_mm: float | None = None) -> str:
     """``results.md``: a title and the :func:`summary_text`."""
-    return f"# Transfer study on {target}\n\n" + summary_text(rows, paired, pretraining)
+    return f"# Transfer study on {target}\n\n" + summary_text(rows, paired, pretraining, tolerance_mm)
 
 
 def _cell(value):
-    """A CSV cell: non-finite numbers as n/a."""
-    return "n/a" if isinstance(value, float) and not np.isfinite(value) else value
+    """A CSV cell: undefined values (NaN, infinite, None as read back from JSON) as n/a."""
+    return "n/a" if value is None or isinstance(value, float) and not np.isfinite(value) else value
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Write ``rows`` (dicts) with ``columns`` atomically, non-finite numbers as n/a."""
+    """Write ``rows`` (dicts) with ``columns`` atomically, undefined values as n/a."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", restval="n/a")
         writer.writeheader()
         writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-
-
 def write_report(folder: Path, rows: list[dict], commands: list[str], target: str, roots: Roots,
-                 paired: list[dict] | None = None, pretraining: list[dict] | None = None) -> list[Path]:
+                 paired: list[dict] | None = None, pretraining: list[dict] | None = None,
+                 tolerance_mm: float | None = None) -> list[Path]:
     """Write every study output into ``folder``; returns the plot paths."""
     import matplotlib
     matplotlib.use("Agg")
@@ -95,99 +106,14 @@ def write_report(folder: Path, rows: list[dict], commands: list[str], target: st
     write_csv(folder / "results.csv", table, keys)
     write_csv(folder / "pretraining.csv", pretraining,
               ["pretraining", "source", "epochs", "final_ema", "final_pseudo_dice"])
-    write_text(folder / "results.md", results_markdown(target, rows, paired, pretraining))
+    write_text(folder / "results.md", results_markdown(target, rows, paired, pretraining, tolerance_mm))
     write_text(folder / "commands.txt", "\n".join(dict.fromkeys(commands)) + "\n")
-    with atomic_path(folder / "per_case.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["pretraining", "strategy", "fold", "case", "label", "dice", "nsd", "hd95"])
-        for row in rows:
-            for case in row["per_case"]:
-                writer.writerow([row["pretraining"], row["strategy"], case["fold"], case["case"], case["label"],
-                                 case["dice"], case["nsd"], case["hd95"]])
+    write_csv(folder / "per_case.csv", [{"pretraining": row["pretraining"], "strategy": row["strategy"], **case}
+                                        for row in rows for case in row["per_case"]], PER_CASE_COLUMNS)
     plots = []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        history = row["histories"][0] if row["histories"] else []
-        ax.plot([r["epoch"] for r in history], [r["ema_dice"] for r in history], marker=".", label=_name(row))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation pseudo Dice (moving average)")
-    ax.set_title("Convergence (first fold)")
-    ax.legend(fontsize=8)
-    _save(fig, folder / "convergence.png")
-    plt.close(fig)
-    plots.append(folder / "convergence.png")
-
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 5))
-    ax.boxplot([[c["dice"] for c in row["per_case"] if c["dice"] is not None and np.isfinite(c["dice"])]
-                or [np.nan] for row in rows])
-    ax.set_xticks(range(1, len(rows) + 1), [_name(r) for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("DSC per test case")
-    fig.tight_layout()
-    _save(fig, folder / "dice_boxplot.png")
-    plt.close(fig)
-    plots.append(folder / "dice_boxplot.png")
-    plots += write_overlays(folder, rows, target, roots)
-    return plots
-
-
-def write_overlays(folder: Path, rows: list[dict], target: str, roots: Roots, n_cases: int = 3) -> list[Path]:
-    """For a few test cases of the first fold: the axial slice with most reference lesion, with the reference and
-    each strategy's prediction drawn as contours."""
-    import matplotlib.pyplot as plt
-
-    if not rows or not rows[0]["per_case"]:
-        return []
-    first_fold = rows[0]["per_case"][0]["fold"]
-    cases = list(dict.fromkeys(c["case"] for c in rows[0]["per_case"] if c["fold"] == first_fold))[:n_cases]
-    raw = find_dataset(roots.raw, target)
-    paths = []
-    for case in cases:
-        found = case_image_and_reference(raw, case)
-        if found is None:
-            continue
-        image, reference = found
-        z = int(np.argmax((reference > 0).sum(axis=(1, 2))))
-        fig, axes = plt.subplots(1, len(rows) + 1, figsize=(3 * (len(rows) + 1), 3.3))
-        panels = [("reference", reference)]
-        for row in rows:
-            prediction = read_prediction(folder, row, first_fold, case)
-            if prediction is not None:
-                panels.append((_name(row), prediction))
-        for ax, (title, mask) in zip(axes, panels):
-            draw_outline(ax, image[z], mask[z], title, "lime" if title == "reference" else "red")
-        for ax in axes[len(panels):]:
-            ax.axis("off")
-        fig.tight_layout()
-        path = folder / f"overlay_{case}.png"
-        _save(fig, path)
+    for name, draw in (("convergence.png", convergence_figure), ("dice_boxplot.png", dice_boxplot)):
+        fig = draw(rows)
+        save_png(fig, folder / name)
         plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def case_image_and_reference(raw: Path, case: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first channel and the reference label map of a raw dataset case (test or training), or None."""
-    image_path = next((p for sub in ("imagesTs", "imagesTr") for p in (raw / sub).glob(f"{case}_0000.*")), None)
-    label_path = next((p for sub in ("labelsTs", "labelsTr") for p in (raw / sub).glob(f"{case}.*")), None)
-    if image_path is None or label_path is None:
-        return None
-    return read_image(image_path)[0], read_image(label_path)[0]
-
-
-def read_prediction(folder: Path, row: dict, fold: str, case: str) -> np.ndarray | None:
-    """A strategy's prediction of ``case`` in ``fold`` from the study folder, or None if there is none."""
-    path = next((folder / "predictions" / _run_folder(row) / f"fold_{fold}").glob(f"{case}.*"), None)
-    return None if path is None else read_image(path)[0]
-
-
-def draw_outline(ax, plane: np.ndarray, mask: np.ndarray, title: str, color: str) -> None:
-    """One slice on the lung window with ``mask``'s outline in ``color``."""
-    ax.imshow(np.clip(plane, -1350, 150), cmap="gray")
-    if mask.any():
-        ax.contour(mask > 0, levels=[0.5], colors=color, linewidths=0.8)
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
-
-
-def _run_folder(row: dict) -> str:
-    return row["strategy"] if row["pretraining"] == "none" else f"{row['strategy']}__from_{row['pretraining']}"
+        plots.append(folder / name)
+    return plots + write_overlays(folder, rows, target, roots)

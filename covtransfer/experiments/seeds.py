@@ -18,6 +18,7 @@ from covtransfer.atomic import write_text
 from covtransfer.experiments.markdown import markdown_table, mean_sd_cell
 from covtransfer.experiments.paired import PAIRED_METRICS, paired_rows, paired_table
 from covtransfer.experiments.report import COLUMNS, NO_PAIRS, PAIRED_NOTE, write_csv
+from covtransfer.experiments.verdict import verdict_text
 from covtransfer.experiments.aggregation import METRICS
 
 
@@ -105,14 +106,16 @@ def pretraining_seeds_table(rows: list[dict]) -> str:
 
 
 def seeds_summary_text(runs: list[SeedRun]) -> str:
-    """The three across-seeds tables in Markdown."""
+    """The verdicts against scratch and the three across-seeds tables in Markdown."""
     seeds = ", ".join(str(run.seed) for run in runs)
     paired = pooled_paired(runs)
-    parts = [f"Seeds {seeds}: mean ± sd across seeds of each seed's mean over its test cases.",
-             seeds_table(seed_rows(runs)), "## Paired comparison with scratch, test cases of every seed pooled",
-             paired_table(paired) if paired else NO_PAIRS, PAIRED_NOTE,
-             "## Pre-training: final EMA pseudo Dice per source, across seeds",
-             pretraining_seeds_table(pretraining_across_seeds(runs))]
+    parts = ["## Verdict: each strategy against scratch, test cases of every seed pooled", verdict_text(paired)] \
+        if paired else []
+    parts += [f"Seeds {seeds}: mean ± sd across seeds of each seed's mean over its test cases.",
+              seeds_table(seed_rows(runs)), "## Paired comparison with scratch, test cases of every seed pooled",
+              paired_table(paired) if paired else NO_PAIRS, PAIRED_NOTE,
+              "## Pre-training: final EMA pseudo Dice per source, across seeds",
+              pretraining_seeds_table(pretraining_across_seeds(runs))]
     return "\n\n".join(parts) + "\n"
 
 

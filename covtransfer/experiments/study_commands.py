@@ -39,7 +39,8 @@ class StudyCommands:
         argv = ["covtransfer_train", "-d", *datasets, "-t", strategy, "-f", str(fold)]
         if self.spec.configuration != DEFAULT_CONFIGURATION:
             argv += ["-c", self.spec.configuration]
-        argv += (["--pretrained", str(pretrained)] if pretrained else []) + (["--tag", tag] if tag else [])
+        argv += ["--pretrained", str(Path(pretrained).absolute())] if pretrained else []
+        argv += ["--tag", tag] if tag else []
         argv += ["--epochs", str(settings.epochs), "--iters-per-epoch", str(settings.iters_per_epoch),
                  "--val-iters", str(settings.val_iters), "--device", settings.device, "--seed", str(settings.seed),
                  "--amp", settings.amp]

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from covtransfer.atomic import atomic_path, write_text
+from covtransfer.training.plot_axes import epoch_axis
 
 
 class RunLog:
@@ -28,29 +29,39 @@ class RunLog:
         write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in history))
 
     def plot(self, history: list[dict]) -> None:
-        """Draw losses, pseudo Dice (and its moving average), learning rate and epoch time into ``progress.png``."""
+        """Draw :func:`progress_figure` into ``progress.png``."""
         if not history:
             return
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs = [r["epoch"] for r in history]
-        fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
-        axes[0].plot(epochs, [r["train_loss"] for r in history], label="train loss")
-        axes[0].plot(epochs, [r["val_loss"] for r in history], label="validation loss")
-        twin = axes[0].twinx()
-        twin.plot(epochs, [r["val_dice"] for r in history], "g.", label="pseudo Dice")
-        twin.plot(epochs, [r["ema_dice"] for r in history], "g-", label="pseudo Dice (EMA)")
-        twin.set_ylabel("Dice")
-        axes[0].legend(loc="upper left")
-        twin.legend(loc="upper right")
-        axes[1].plot(epochs, [r["lr"] for r in history])
-        axes[1].set_ylabel("learning rate")
-        axes[2].plot(epochs, [r["epoch_time"] for r in history])
-        axes[2].set_ylabel("epoch time (s)")
-        axes[2].set_xlabel("epoch")
-        fig.tight_layout()
+        fig = progress_figure(history)
         with atomic_path(self.folder / "progress.png") as tmp:
             fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
+
+
+def progress_figure(history: list[dict]):
+    """Losses, pseudo Dice (and its moving average), learning rate and epoch time per epoch, with the legend right
+    of the plots (beyond the Dice axis) so that it covers no curve."""
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
+    axes[0].plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    axes[0].plot(epochs, [r["val_loss"] for r in history], label="validation loss")
+    twin = axes[0].twinx()
+    twin.plot(epochs, [r["val_dice"] for r in history], "g.", label="pseudo Dice")
+    twin.plot(epochs, [r["ema_dice"] for r in history], "g-", label="pseudo Dice (EMA)")
+    twin.set_ylabel("Dice")
+    lines = axes[0].get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    axes[0].legend(lines, [line.get_label() for line in lines], loc="upper left", bbox_to_anchor=(1.08, 1.0),
+                   fontsize=8)
+    axes[1].plot(epochs, [r["lr"] for r in history])
+    axes[1].set_ylabel("learning rate")
+    axes[2].plot(epochs, [r["epoch_time"] for r in history])
+    axes[2].set_ylabel("epoch time (s)")
+    epoch_axis(axes[2], epochs)
+    fig.tight_layout()
+    return fig
