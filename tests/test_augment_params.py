@@ -1,5 +1,6 @@
 """Sample-then-apply augmentation: chosen parameters give hand-computed results, recorded parameters replay a batch,
-and the split draws exactly what the transforms drew before it (fingerprints recorded with the code at fed23da)."""
+and the split draws exactly what the transforms drew before it (fingerprints recorded with the code at fed23da; the
+image values re-recorded at 7b01331, where low-resolution simulation moved to the block centre)."""
 
 import json
 from pathlib import Path
