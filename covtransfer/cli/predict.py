@@ -73,7 +73,8 @@ def _checkpoints(args: argparse.Namespace, stack: contextlib.ExitStack) -> list:
             raise CovtransferError("give either -m or -d/-t (with -f/--tag), not both")
         return model_checkpoints(args.model, roots_from_args(args).results, args.checkpoint, stack)
     if not (args.dataset and args.strategy):
-        raise CovtransferError("name the model: -d DATASET -t STRATEGY, or -m MODEL (an installed name, a .zip or a folder)")
+        raise CovtransferError("name the model: -d DATASET -t STRATEGY, or -m MODEL (an installed name, a .zip or "
+                               "a folder)")
     return dataset_checkpoints(roots_from_args(args).results, args.dataset, args.strategy, args.folds, args.tag,
                                args.checkpoint)
 
