@@ -4,15 +4,14 @@ package (every strategy, a target planned with the package's plans and other lab
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
 import stat
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from covtransfer.cli import export_model, install_model, plan_and_preprocess, predict, train as train_cli
 from covtransfer.cli.common import run_cli
@@ -156,7 +155,6 @@ def damaged_copy(package: Path, folder: Path, member: str | None = None, extra: 
     with zipfile.ZipFile(package) as source, zipfile.ZipFile(copy, "w") as target:
         manifest = json.loads(source.read(MANIFEST))
         if extra is not None and listed:
-            import hashlib
             manifest["files"][extra.filename] = hashlib.sha256(b"x").hexdigest()
         for info in source.infolist():
             data = source.read(info) if info.filename != MANIFEST else json.dumps(manifest).encode()
@@ -246,6 +244,28 @@ def test_every_strategy_transfers_from_a_package(roots, pretraining, strategy):
     assert report["origin"]["kind"] == "model package" and report["origin"]["name"] == "lesions"
     assert list(report["reinitialised"]) == [f"heads.{TARGET_NAME}"]
     assert load_checkpoint(folder / "checkpoint_final.pt").kind == ("hybrid" if strategy == "hybrid" else "unet")
+
+
+def test_a_transferred_model_exports_its_pretraining_and_inherits_its_licence(roots, pretraining, tmp_path):
+    train([TARGET], make_strategy("hybrid"), 0, roots, settings(), pretrained=str(pretraining), tag="shared")
+    output = tmp_path / "hybrid.zip"
+    assert export_model.main(["-d", str(TARGET), "-t", "hybrid", "--tag", "shared", "-o", str(output)]
+                             + flags(roots)) == 0
+    with zipfile.ZipFile(output) as archive:
+        manifest = json.loads(archive.read(MANIFEST))
+        licence = archive.read("LICENSE").decode()
+    assert manifest["name"] == f"{TARGET_NAME}_hybrid__shared" and manifest["network"]["kind"] == "hybrid"
+    assert manifest["pretrained_from"]["name"] == "lesions" and manifest["licence"] == f"{LICENCE}; unknown"
+    assert f"Transferred from the pre-trained model {pretraining} (lesions)" in licence
+
+
+def test_predicting_with_a_name_that_is_not_installed_lists_the_installed_models(roots, package, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert install_model.main([str(package), "--results", str(results), "--name", "covid"]) == 0
+    refused(predict.main, ["-m", "covd", "-i", str(roots.raw / TARGET_NAME / "imagesTs"), "-o", str(tmp_path / "o"),
+                           "--results", str(results)], capsys,
+            f"covd: no such file or folder, nor a model installed in {results / 'models'} (installed: covid;")
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_target_with_other_labels_is_planned_from_the_package_and_its_heads_reinitialised(roots, pretraining,

@@ -81,6 +81,16 @@ def package_plans(package: Path) -> tuple[dict, dict]:
     return json.loads(data), manifest
 
 
+def _refuse_unknown_name(reference: str, results: str | os.PathLike) -> None:
+    """A plain name that is neither a path nor an installed model: list the installed ones."""
+    if Path(reference).exists() or not NAME.fullmatch(reference):
+        return
+    root = Path(results) / MODELS_FOLDER
+    names = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+    raise CovtransferError(f"{reference}: no such file or folder, nor a model installed in {root} (installed: "
+                           f"{', '.join(names) or 'none'}; see covtransfer_install_model)")
+
+
 def model_checkpoints(references: Sequence[str], results: str | os.PathLike, which: str,
                       stack: contextlib.ExitStack) -> list[Path]:
     """The checkpoints of ``-m`` arguments: every fold of a package (by file or name; a zip stays unpacked until
@@ -89,6 +99,7 @@ def model_checkpoints(references: Sequence[str], results: str | os.PathLike, whi
     for reference in references:
         package = find_package(reference, results)
         if package is None:
+            _refuse_unknown_name(reference, results)
             found += checkpoint_paths([reference], which)
             continue
         if which != "final":
