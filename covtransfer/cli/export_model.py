@@ -15,7 +15,10 @@ from covtransfer.training.strategies import STRATEGY_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="covtransfer_export_model", description=__doc__)
+    p = argparse.ArgumentParser(prog="covtransfer_export_model",
+                                description="Package a trained model (the weights of every fold, plans, labels, "
+                                            "licence, citation, provenance and checksums) into one zip to share; "
+                                            "see documentation/models.md.")
     p.add_argument("-d", "--dataset", nargs="+", required=True,
                    help="dataset id(s) or name(s) of the run, as given to covtransfer_train (several for a "
                         "multi-lesion pre-training)")

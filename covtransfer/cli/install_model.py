@@ -17,7 +17,10 @@ def _labels(labels: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="covtransfer_install_model", description=__doc__)
+    p = argparse.ArgumentParser(prog="covtransfer_install_model",
+                                description="Install a model package under <results>/models/<name>/ (every "
+                                            "checksum verified, nothing half-installed), or list the installed "
+                                            "models (--list); see documentation/models.md.")
     p.add_argument("package", nargs="?", help="the model package, <name>.zip")
     p.add_argument("--name", help="install under this name (default: the name in the package)")
     p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")

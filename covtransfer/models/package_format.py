@@ -78,7 +78,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 
 def _parse_manifest(path: Path, archive: zipfile.ZipFile) -> dict:
-    names = archive.namelist()
+    names = [n for n in archive.namelist() if not n.endswith("/")]  # folder entries of a re-zipped package
     for info in archive.infolist():
         problem = _escapes(info)
         if problem:
