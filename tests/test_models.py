@@ -80,10 +80,12 @@ def package(roots, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pretraining(roots, tmp_path_factory) -> Path:
-    """The multi-lesion pre-training exported on purpose without a licence."""
+    """The multi-lesion pre-training exported on purpose without a licence, with a citation file."""
     output = tmp_path_factory.mktemp("pretraining") / "lesions.zip"
+    citation = output.with_name("cite.txt")
+    citation.write_text("Roe R., Lesions everywhere, 2026\n")
     argv = ["-d", str(SRC1), str(SRC2), "-t", "pretrain", "-o", str(output), "--name", "lesions", "--license",
-            "unknown"]
+            "unknown", "--citation", str(citation)]
     assert export_model.main(argv + flags(roots)) == 0
     return output
 
@@ -231,6 +233,7 @@ def test_export_without_a_licence_is_refused_unless_unknown_is_said(roots, pretr
             capsys, "fold_3/checkpoint_final.pt: not found; finished folds: 0, 1")
     manifest = json.loads(zipfile.ZipFile(pretraining).read(MANIFEST))
     assert manifest["licence"] == "unknown" and manifest["folds"] == ["all"]
+    assert zipfile.ZipFile(pretraining).read("CITATION") == b"Roe R., Lesions everywhere, 2026\n"
     assert [d["name"] for d in manifest["training_datasets"]] == ["Dataset002_Tumour", "Dataset003_Effusion"]
 
 

@@ -103,9 +103,12 @@ def _licence(given: str | None, datasets: list[dict], origin: dict | None, folde
 
 
 def _citation(given: str | None) -> str | None:
-    if given and Path(given).is_file():
-        return Path(given).read_text()
-    return given
+    """``--citation``: the content of the file it names, else the text itself."""
+    try:
+        is_file = bool(given) and Path(given).is_file()
+    except (OSError, ValueError):  # text too long for a file name
+        is_file = False
+    return Path(given).read_text() if is_file else given
 
 
 def build_manifest(name: str, checkpoints: dict[str, Checkpoint], folds: dict[str, Path], roots: Roots,
