@@ -20,15 +20,14 @@ import covtransfer
 from covtransfer.atomic import atomic_path, write_error
 from covtransfer.config import Roots, find_dataset
 from covtransfer.errors import CovtransferError
-from covtransfer.inference.model_loading import fold_folders, strategy_folder
+from covtransfer.inference.model_loading import fold_folders, run_name, strategy_folder
 from covtransfer.models.package_format import (CHECKPOINT, FORMAT, FORMAT_VERSION, MANIFEST, check_name,
                                                fold_member, sha256_stream)
 from covtransfer.models.provenance import UNKNOWN, dataset_record, inherited_licences
 from covtransfer.models.texts import citation_text, licence_text
 from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
-from covtransfer.training.api import run_name
-from covtransfer.training.pretrained import TOPOLOGY_KEYS
+from covtransfer.plans import TOPOLOGY_KEYS
 
 
 def model_folder(roots: Roots, datasets: Sequence[str], strategy: str, tag: str | None = None) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from covtransfer.config import Roots, find_dataset
 from covtransfer.errors import CovtransferError
+from covtransfer.inference.model_loading import run_name
 from covtransfer.plans import Plans
 from covtransfer.training.run_lock import run_lock
 from covtransfer.training.splits import fold_cases, load_or_create_splits
@@ -22,11 +23,6 @@ from covtransfer.training.pretrained import (Pretrained, check_pretrained_kind, 
 from covtransfer.training.strategies import Strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
 from covtransfer.training.validation import validate_fold
-
-
-def run_name(dataset_names: list[str]) -> str:
-    """The results folder of a run: the dataset's name, or one naming every source of a multi-lesion run."""
-    return dataset_names[0] if len(dataset_names) == 1 else "Pretrain__" + "__".join(dataset_names)
 
 
 def fold_folder(roots: Roots, dataset_names: list[str], strategy: str, fold: str | int, tag: str | None = None) -> Path:

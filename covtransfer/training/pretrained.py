@@ -14,11 +14,10 @@ from covtransfer.models.provenance import checkpoint_origin, package_origin
 from covtransfer.models.sources import find_package, installed_folder, opened_package
 from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint
-from covtransfer.plans import Configuration
+from covtransfer.plans import TOPOLOGY_KEYS, Configuration
 from covtransfer.training.checkpoint import find_checkpoint
 from covtransfer.training.strategies import PLANS_HINT
 
-TOPOLOGY_KEYS = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder")
 KIND_WORDS = {"hybrid": "a hybrid network (a dedicated and an adapted encoder joined by fusion units)"}
 
 
