@@ -12,6 +12,8 @@ COMMANDS = {
     "covtransfer_determine_postprocessing": "determine_postprocessing",
     "covtransfer_train": "train",
     "covtransfer_predict": "predict",
+    "covtransfer_export_model": "export_model",
+    "covtransfer_install_model": "install_model",
     "covtransfer_study": "study",
     "covtransfer_demo": "demo",
 }

@@ -16,6 +16,8 @@ from covtransfer.atomic import write_json
 from covtransfer.errors import CovtransferError
 
 PLANS_VERSION = 1
+# the configuration fields that decide a network's shape: two plans with equal values build the same network
+TOPOLOGY_KEYS = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder")
 
 
 @dataclass

@@ -9,7 +9,7 @@ import covtransfer
 
 PACKAGE = Path(covtransfer.__file__).resolve().parent
 FOUNDATION = {"covtransfer", "covtransfer.atomic", "covtransfer.config", "covtransfer.devices", "covtransfer.errors"}
-LAYERS = ["data", "plans", "planning", "preprocessing", "network", "evaluation", "inference", "training", "workflow",
+LAYERS = ["data", "plans", "planning", "preprocessing", "network", "evaluation", "inference", "models", "training", "workflow",
           "experiments", "cli"]
 LAYER_OF = {"datasets": "data"}  # the raw datasets (converters, synthetic phantoms) sit with the data layer
 

@@ -127,7 +127,7 @@ def one_line_error(path: Path, match: str) -> None:
 def test_corrupt_foreign_newer_and_inconsistent_files_are_refused_in_one_line(trainer, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02 not a zip" * 20)
-    one_line_error(corrupt, "unreadable checkpoint")
+    one_line_error(corrupt, "not a checkpoint but a Python pickle")
     nnunet = tmp_path / "nnunet.pt"
     torch.save({"network_weights": {}, "trainer_name": "nnUNetTrainer"}, nnunet)
     one_line_error(nnunet, "not a covtransfer checkpoint")

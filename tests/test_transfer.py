@@ -346,8 +346,11 @@ def test_every_strategy_run_records_what_it_loaded(roots, runs, source, pretrain
         assert not report_path.exists()
         return
     report = json.loads(report_path.read_text())
-    assert set(report) == {"source", "loaded", "skipped", "missing"}
+    assert set(report) == {"source", "loaded", "skipped", "missing", "reinitialised", "origin"}
     assert report["source"] == str(pretrained / "checkpoint_final.pt")
+    assert list(report["reinitialised"]) == [f"heads.{TARGET_NAME}"]
+    assert report["origin"]["kind"] == "checkpoint" and report["origin"]["strategy"] == "pretrain"
+    assert [d["name"] for d in report["origin"]["datasets"]] == [SRC1_NAME, SRC2_NAME]
     pre = source.state_dict
     expected = sorted(names(pre, "encoder") + (names(pre, "decoder") if strategy in ("continual", "finetune") else []))
     assert sorted(report["loaded"]) == expected
@@ -404,15 +407,27 @@ def test_missing_or_unreadable_pretrained_model_is_refused(roots, tmp_path, stra
     refuse(roots, "no checkpoint_final.pt", [TARGET], s, 0, roots, settings(), pretrained=tmp_path)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all" * 10)
-    refuse(roots, "unreadable checkpoint", [TARGET], s, 0, roots, settings(), pretrained=garbage)
+    refuse(roots, "garbage.pt: not a checkpoint but a text file", [TARGET], s, 0, roots, settings(),
+           pretrained=garbage)
 
 
-def test_checkpoint_with_another_channel_count_is_refused(roots, source, tmp_path):
+@pytest.mark.parametrize("strategy", ["continual", "hybrid"])
+def test_a_checkpoint_with_another_channel_count_transfers_with_a_new_first_convolution(roots, source, tmp_path,
+                                                                                       strategy):
+    first = "encoder.stages.0.0.conv.weight"
+    two = dict(source.state_dict, **{first: torch.cat([source.state_dict[first]] * 2, dim=1)})
     plans = replace(source.plans, channel_names={"0": "CT", "1": "CT"})
-    two_channels = replace(source, plans=plans)
-    save_checkpoint(tmp_path / "two.pt", two_channels)
-    refuse(roots, "2 input channel.*target has 1", [TARGET], make_strategy("continual"), 0, roots, settings(),
-           pretrained=tmp_path / "two.pt")
+    save_checkpoint(tmp_path / "two.pt", replace(source, plans=plans, state_dict=two))
+    trainer = target_trainer(roots, make_strategy(strategy), load_checkpoint(tmp_path / "two.pt"), tmp_path)
+    own = ("adapted_" if strategy == "hybrid" else "") + first
+    report = trainer.load_report
+    assert report.reinitialised[own] == "1 input channel(s), the pre-trained model has 2"
+    assert first in report.skipped and first not in report.loaded and own in report.missing
+    assert trainer.network.state_dict()[own].shape[1] == 1
+    state = trainer.network.state_dict()
+    assert all(torch.equal(state[own.replace(first, n)], source.state_dict[n]) for n in report.loaded)
+    assert f"re-initialised for the target: heads.{TARGET_NAME} (2 classes" in report.summary()
+    assert f"{own} (1 input channel(s), the pre-trained model has 2)" in report.summary()
 
 
 @pytest.fixture(scope="module")

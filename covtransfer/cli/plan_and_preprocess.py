@@ -32,9 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "plan a network (plans.json) and preprocess its training cases. Finished cases are skipped.")
     parser.add_argument("-d", "--datasets", nargs="+", required=True, metavar="ID",
                         help="dataset ids (1, 001) or folder names (Dataset001_Name)")
-    parser.add_argument("--plans-from", metavar="ID",
+    parser.add_argument("--plans-from", metavar="ID|MODEL",
                         help="reuse this (already planned, or listed in -d) target dataset's plans, so source "
-                             "datasets share its spacing, patch, topology and normalisation")
+                             "datasets share its spacing, patch, topology and normalisation; or a model package "
+                             "(.zip, or an installed model's name), so a target can transfer from that model")
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0, metavar="G",
                         help="GPU memory the network is planned for (default 8)")
     parser.add_argument("--preset", choices=sorted(PRESETS),

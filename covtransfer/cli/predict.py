@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Sequence
 
@@ -10,9 +11,10 @@ from covtransfer.cli.common import add_device_argument, add_root_arguments, root
 from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
-from covtransfer.inference.model_loading import CHECKPOINT_CHOICES, checkpoint_paths, dataset_checkpoints
+from covtransfer.inference.model_loading import CHECKPOINT_CHOICES, dataset_checkpoints
 from covtransfer.inference.cpu_runtime import CPU_RUNTIME_ENV
 from covtransfer.inference.predictor import DEFAULT_STEP, FAST_STEP, predict_folder
+from covtransfer.models.sources import model_checkpoints
 from covtransfer.training.strategies import STRATEGY_NAMES
 
 
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
     model.add_argument("--tag", help="run tag: the strategy folder is <strategy>__<tag>")
     model.add_argument("-m", "--model", nargs="+",
-                       help="fold folder(s), strategy folder(s) holding fold_* folders, or checkpoint file(s)")
+                       help="an installed model's name or a model package (.zip; every fold it holds is used), "
+                            "or fold folder(s), strategy folder(s) holding fold_* folders, or checkpoint file(s)")
     parser.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default="final",
                         help="which checkpoint of each fold (default: final)")
     parser.add_argument("--no-tta", "--disable-tta", dest="no_tta", action="store_true",
@@ -67,13 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoints(args: argparse.Namespace) -> list:
+def _checkpoints(args: argparse.Namespace, stack: contextlib.ExitStack) -> list:
     if args.model:
         if args.dataset or args.strategy or args.folds or args.tag:
             raise CovtransferError("give either -m or -d/-t (with -f/--tag), not both")
-        return checkpoint_paths(args.model, args.checkpoint)
+        return model_checkpoints(args.model, roots_from_args(args).results, args.checkpoint, stack)
     if not (args.dataset and args.strategy):
-        raise CovtransferError("name the model: -d DATASET -t STRATEGY, or -m MODEL_FOLDER")
+        raise CovtransferError("name the model: -d DATASET -t STRATEGY, or -m MODEL (an installed name, a .zip or "
+                               "a folder)")
     return dataset_checkpoints(roots_from_args(args).results, args.dataset, args.strategy, args.folds, args.tag,
                                args.checkpoint, STRATEGY_NAMES)
 
@@ -82,7 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     refuse_raw_dataset(args.output, "-o", roots_from_args(args).raw)
     device = resolve_device(args.device)
-    checkpoints = _checkpoints(args)
+    with contextlib.ExitStack() as stack:
+        return _predict(args, device, _checkpoints(args, stack))
+
+
+def _predict(args: argparse.Namespace, device, checkpoints: list) -> int:
     step = args.step if args.step is not None else (FAST_STEP if args.fast else DEFAULT_STEP)
     tta = not (args.no_tta or args.fast)
     written = predict_folder(args.input, args.output, checkpoints, device, tta, step, args.save_probabilities,

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--strategy", choices=STRATEGY_NAMES, default="scratch", help="training strategy")
     p.add_argument("-f", "--fold", default="0", help="fold index from splits.json, or 'all' (default 0)")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="plans configuration (default 3d_fullres)")
-    p.add_argument("--pretrained", help="pre-trained checkpoint file or run folder (transfer strategies)")
+    p.add_argument("--pretrained", help="transfer strategies: the pre-trained model, a checkpoint file, a run folder, "
+                                        "or a model package (a .zip or an installed model's name)")
     p.add_argument("--freeze", help="finetune: 'encoder' (default) or 'encoder:K' (first K stages); "
                                     "hybrid: 'adapted' freezes the adapted encoder")
     p.add_argument("--adapted-lr-scale", type=float, default=0.1,

@@ -78,6 +78,11 @@ def fold_folders(folder: Path) -> list[Path]:
         if folder.is_dir() else []
 
 
+def run_name(dataset_names: list[str]) -> str:
+    """The results folder of a run: the dataset's name, or one naming every source of a multi-lesion run."""
+    return dataset_names[0] if len(dataset_names) == 1 else "Pretrain__" + "__".join(dataset_names)
+
+
 def checkpoint_paths(model_paths: Sequence[str | os.PathLike], which: str = "final") -> list[Path]:
     """Checkpoint files for ``-m`` arguments: a checkpoint file, a fold folder, or a strategy folder of ``fold_*``."""
     name = f"checkpoint_{which}.pt"

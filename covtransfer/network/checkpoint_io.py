@@ -49,12 +49,35 @@ def archive_damage(path: Path) -> str | None:
     return f"CRC mismatch in {bad.split('/', 1)[-1]}" if bad is not None else None
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+_KINDS = ((b"{", "a JSON file"), (b"[", "a JSON file"), (b"\x1f\x8b", "a gzip file (an image?)"),
+          (b"\x80", "a Python pickle (not covtransfer's checkpoint archive)"))
+
+
+def not_an_archive(path: Path) -> str | None:
+    """What the file at ``path`` is when it is no zip archive at all (so no checkpoint, not even a damaged one);
+    None for a zip archive, intact or not."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head or head.startswith(ZIP_MAGIC):  # an empty file is a checkpoint cut short
+        return None
+    stripped = head.lstrip()
+    kind = next((words for magic, words in _KINDS if stripped.startswith(magic)), None)
+    if kind is None:
+        kind = "a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "a file of another format"
+    return kind
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a covtransfer checkpoint safely (CRCs checked, then ``weights_only``); a one-line error naming the file
     for anything else."""
     path = Path(path)
     if not path.is_file():
         raise CovtransferError(f"{path}: checkpoint not found")
+    foreign = not_an_archive(path)
+    if foreign is not None:
+        raise CovtransferError(f"{path}: not a checkpoint but {foreign}; expected a covtransfer checkpoint file "
+                               "(checkpoint_final.pt) or the fold folder holding it")
     damage = archive_damage(path)
     if damage is not None:
         raise CovtransferError(f"{path}: unreadable checkpoint, truncated or corrupt ({damage})")

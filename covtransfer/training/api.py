@@ -15,20 +15,15 @@ from pathlib import Path
 from covtransfer.config import Roots, find_dataset
 from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.errors import CovtransferError
-from covtransfer.network.checkpoint import Checkpoint
-from covtransfer.network.checkpoint_io import load_checkpoint
-from covtransfer.plans import Configuration, Plans
-from covtransfer.training.checkpoint import find_checkpoint
+from covtransfer.inference.model_loading import run_name
+from covtransfer.plans import Plans
 from covtransfer.training.run_lock import run_lock
 from covtransfer.training.splits import fold_cases, load_or_create_splits
-from covtransfer.training.strategies import PLANS_HINT, Strategy
+from covtransfer.training.pretrained import (Pretrained, check_pretrained_kind, check_pretrained_topology,
+                                            load_pretrained)
+from covtransfer.training.strategies import Strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
 from covtransfer.training.validation import validate_fold
-
-
-def run_name(dataset_names: list[str]) -> str:
-    """The results folder of a run: the dataset's name, or one naming every source of a multi-lesion run."""
-    return dataset_names[0] if len(dataset_names) == 1 else "Pretrain__" + "__".join(dataset_names)
 
 
 def fold_folder(roots: Roots, dataset_names: list[str], strategy: str, fold: str | int, tag: str | None = None) -> Path:
@@ -64,35 +59,6 @@ def _same_plans(a: Plans, b: Plans, configuration: str) -> bool:
     return ca == cb and a.transpose_forward == b.transpose_forward and a.channel_names == b.channel_names
 
 
-def load_pretrained(path: str | Path, num_input_channels: int) -> tuple[Checkpoint, str]:
-    """The pre-trained checkpoint (a file, or a run/fold folder's ``checkpoint_final.pt``) and its path."""
-    checkpoint_path = find_checkpoint(path, "final")
-    checkpoint = load_checkpoint(checkpoint_path)
-    channels = checkpoint.num_input_channels
-    if channels != num_input_channels:
-        raise CovtransferError(f"{checkpoint_path}: trained on {channels} input channel(s), the target has "
-                               f"{num_input_channels}")
-    return checkpoint, str(checkpoint_path)
-
-
-TOPOLOGY_KEYS = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder")
-
-
-def check_pretrained_topology(checkpoint: Checkpoint, configuration: Configuration, source: str, target: str) -> None:
-    """Refuse a pre-trained model whose network topology differs from the target's plans.
-
-    Tensor shapes alone miss some differences (strides), which would leave a network that loads but computes
-    something else; the recorded configuration is compared instead.
-    """
-    theirs = checkpoint.configuration.to_dict()
-    ours = configuration.to_dict()
-    differs = [k for k in TOPOLOGY_KEYS if theirs.get(k) != ours.get(k)]
-    if differs:
-        key = differs[0]
-        raise CovtransferError(f"{source}: {key} {theirs.get(key)} differs from {ours.get(key)} in the plans of "
-                               f"{target}; {PLANS_HINT}")
-
-
 def _check_source_weights(weights: list[float] | None, tasks: list[TrainingTask]) -> None:
     if weights is None:
         return
@@ -119,20 +85,21 @@ def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roo
                 f"file: run covtransfer_plan_and_preprocess -d {task.name} --plans-from TARGET for every source")
     _check_source_weights(settings.source_weights, tasks)
     if strategy.needs_pretrained and pretrained is None:
-        raise CovtransferError(f"-t {strategy.name} needs --pretrained PATH (a checkpoint or a run folder)")
+        raise CovtransferError(f"-t {strategy.name} needs --pretrained (a checkpoint, a run folder, or a model "
+                               "package: a .zip or an installed model's name)")
     if not strategy.needs_pretrained and pretrained is not None:
         raise CovtransferError(f"-t {strategy.name} does not use --pretrained")
-    checkpoint, source = (load_pretrained(pretrained, tasks[0].plans.num_input_channels)
-                          if pretrained is not None else (None, ""))
-    if checkpoint is not None:
-        check_pretrained_topology(checkpoint, tasks[0].plans.configuration(configuration), source, tasks[0].name)
+    source = load_pretrained(pretrained, roots, tasks[0].name) if pretrained is not None else None
+    if source is not None:
+        check_pretrained_kind(source, strategy.name)
+        check_pretrained_topology(source, tasks[0].plans.configuration(configuration), tasks[0].name)
     folder = fold_folder(roots, [t.name for t in tasks], strategy.name, fold, tag)
     refuse_raw_dataset(folder, "--results", roots.raw)
     new_root = _first_missing(folder)
     with run_lock(folder) if _is_main_process() else contextlib.nullcontext():
         try:
-            _run_fold(tasks, configuration, strategy, folder, settings, checkpoint, source,
-                      resume or resume_from is not None, resume_from)
+            _run_fold(tasks, configuration, strategy, folder, settings, source, resume or resume_from is not None,
+                      resume_from)
         except BaseException:
             if new_root is not None and not any(folder.glob("checkpoint_*.pt")):
                 _remove_new_folders(folder, new_root)
@@ -141,12 +108,15 @@ def train(dataset_ids: list[str | int], strategy: Strategy, fold: str | int, roo
 
 
 def _run_fold(tasks: list[TrainingTask], configuration: str, strategy: Strategy, folder: Path,
-              settings: TrainingSettings, checkpoint: Checkpoint | None, source: str, resume: bool,
+              settings: TrainingSettings, source: Pretrained | None, resume: bool,
               resume_from: str | Path | None) -> None:
     """Train and validate in ``folder`` (its lock held): resume first with ``resume``."""
     if not resume and any(folder.glob("checkpoint_*.pt")):
         raise CovtransferError(f"{folder}: already holds checkpoints; use --continue to resume, or delete it")
-    trainer = Trainer(tasks, configuration, strategy, folder, settings, checkpoint, source)
+    trainer = Trainer(tasks, configuration, strategy, folder, settings, source.checkpoint if source else None,
+                      source.source if source else "")
+    if trainer.load_report is not None:
+        trainer.load_report.origin = source.origin
     try:
         if resume:
             trainer.resume(Path(resume_from) if resume_from is not None else None)

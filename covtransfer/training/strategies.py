@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from covtransfer.errors import CovtransferError
@@ -26,32 +27,55 @@ PLANS_HINT = ("the pre-trained model was planned differently: preprocess the sou
               "`covtransfer_plan_and_preprocess -d SRC --plans-from TARGET` and pre-train again")
 
 
+FIRST_CONV = "encoder.stages.0.0.conv.weight"  # the only tensor whose shape depends on the input channels
+
+
 @dataclass
 class LoadReport:
-    """Which tensors a transfer loaded, which checkpoint tensors it skipped, which model tensors stayed new."""
+    """Which tensors a transfer loaded, which checkpoint tensors it skipped, which model tensors stayed new, which of
+    those are re-initialised because the target differs (its heads, or the first convolution for other channels),
+    and where the pre-trained model came from."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    reinitialised: dict[str, str] = field(default_factory=dict)
+    origin: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "loaded": self.loaded, "skipped": self.skipped, "missing": self.missing}
+        return {"source": self.source, "loaded": self.loaded, "skipped": self.skipped, "missing": self.missing,
+                "reinitialised": self.reinitialised, "origin": self.origin}
 
     def summary(self) -> str:
+        reinitialised = "; re-initialised for the target: " + ", ".join(
+            f"{name} ({why})" for name, why in self.reinitialised.items()) if self.reinitialised else ""
         return (f"loaded {len(self.loaded)} tensors from {self.source}; skipped {len(self.skipped)} "
-                f"(not used by this strategy); {len(self.missing)} newly initialised")
+                f"(not used by this strategy); {len(self.missing)} newly initialised{reinitialised}")
+
+
+def _head_reasons(own: dict[str, torch.Tensor], checkpoint: Checkpoint) -> dict[str, str]:
+    """Why each of the model's heads starts anew: its classes against those of the pre-trained heads."""
+    theirs = ", ".join(f"{head}: {', '.join(labels)}" for head, labels in checkpoint.labels.items())
+    reasons = {}
+    for name, tensor in own.items():
+        match = re.fullmatch(r"(heads\.[^.]+)\.0\.weight", name)
+        if match:
+            reasons[match.group(1)] = (f"{tensor.shape[0]} classes of the target's labels; the pre-trained heads "
+                                       f"({theirs}) are not loaded")
+    return reasons
 
 
 def transfer_weights(model: nn.Module, checkpoint: Checkpoint, source: str, mapping: dict[str, str]) -> LoadReport:
     """Copy checkpoint tensors whose name starts with a key of ``mapping`` into the model under the mapped prefix.
 
     Every mapped tensor must exist in the model with the same shape; otherwise the transfer would leave part of
-    the network random, which is an error naming the tensor and the likely fix.
+    the network random, which is an error naming the tensor and the likely fix. The one exception is the first
+    convolution of a model with another number of input channels, which is re-initialised and reported.
     """
     pretrained = checkpoint.state_dict
     own = model.state_dict()
-    report = LoadReport(source)
+    report = LoadReport(source, reinitialised=_head_reasons(own, checkpoint))
     updates = {}
     for name, tensor in pretrained.items():
         prefix = next((p for p in mapping if name.startswith(p + ".")), None)
@@ -62,13 +86,18 @@ def transfer_weights(model: nn.Module, checkpoint: Checkpoint, source: str, mapp
         if target not in own:
             raise CovtransferError(f"{source}: tensor {name} has no counterpart {target} in this network; "
                                    f"{PLANS_HINT}")
+        if name == FIRST_CONV and own[target].shape[1] != tensor.shape[1]:
+            report.reinitialised[target] = (f"{own[target].shape[1]} input channel(s), the pre-trained model has "
+                                            f"{tensor.shape[1]}")
+            report.skipped.append(name)
+            continue
         if own[target].shape != tensor.shape:
             raise CovtransferError(f"{source}: {name} has shape {tuple(tensor.shape)} but this network needs "
                                    f"{tuple(own[target].shape)}; {PLANS_HINT}")
         updates[target] = tensor
         report.loaded.append(name)
     for prefix, target_prefix in mapping.items():
-        expected = [n for n in own if n.startswith(target_prefix + ".")]
+        expected = [n for n in own if n.startswith(target_prefix + ".") and n not in report.reinitialised]
         absent = [n for n in expected if n not in updates]
         if absent:
             raise CovtransferError(f"{source}: the checkpoint lacks {absent[0]} (and {len(absent) - 1} more) for "

@@ -21,6 +21,7 @@ from covtransfer.data.dataset_json import list_cases, load_dataset_json
 from covtransfer.data.raw_guard import refuse_raw_dataset
 from covtransfer.data.verify import verify_dataset
 from covtransfer.errors import CovtransferError
+from covtransfer.models.sources import find_package, package_plans
 from covtransfer.planning.fingerprint import (FOREGROUND_VOXEL_BUDGET, compute_fingerprint, load_fingerprint,
                                               save_fingerprint)
 from covtransfer.planning.planner import plan_experiment, plans_from as copy_plans
@@ -54,6 +55,17 @@ def _target_plans_path(roots: Roots, target: str | int) -> Path:
         raise CovtransferError(f"{path}: --plans-from target {target} is not planned; plan the target first "
                                f"(covtransfer_plan_and_preprocess -d {target})")
     return path
+
+
+def _package_plans(package: Path) -> Plans:
+    """A model package's plans, named after the model (the ``plans_from`` of the datasets planned with them)."""
+    data, manifest = package_plans(package)
+    try:
+        plans = Plans.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise CovtransferError(f"{package}: plans.json is not valid plans ({exc})") from None
+    plans.dataset_name = f"model {manifest.get('name')}"
+    return plans
 
 
 def _raw_name(roots: Roots, key: str | int) -> str | None:
@@ -124,7 +136,8 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
     """Fingerprint, plan and preprocess each dataset; returns the preprocessed dataset folders.
 
     ``plans_from`` names a target dataset whose plans the others reuse; it must be planned already or be one of
-    ``dataset_ids`` (then it is planned first and listed first). ``configurations`` defaults to every planned one.
+    ``dataset_ids`` (then it is planned first and listed first), or it names a model package (a ``.zip`` or an
+    installed model's name), whose plans every dataset gets. ``configurations`` defaults to every planned one.
     Finished cases are kept unless ``overwrite`` (or unless the plans changed since they were written).
     """
     num_processes = int(num_processes or os.cpu_count() or 1)
@@ -132,7 +145,11 @@ def plan_and_preprocess(dataset_ids: Sequence[str | int], roots: Roots, plans_fr
     for folder in raw_folders:
         refuse_raw_dataset(roots.preprocessed / folder.name, "--preprocessed", roots.raw)
     target_name, target_plans = None, None
-    if plans_from is not None:
+    package = find_package(plans_from, roots.results) if plans_from is not None else None
+    if package is not None:
+        target_plans = _package_plans(package)
+        target_name = target_plans.dataset_name
+    elif plans_from is not None:
         target_name = _raw_name(roots, plans_from)
         if target_name in {f.name for f in raw_folders}:
             raw_folders.sort(key=lambda f: f.name != target_name)
