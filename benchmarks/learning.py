@@ -215,8 +215,16 @@ class Scheduler:
         self.bench, self.records, self.commit = bench, records, commit
         self.deadline = None if budget_minutes is None else time.monotonic() + 60 * budget_minutes
         self.lock = threading.Lock()
+        self.failed: list[Run] = []
 
     def __call__(self, run: Run) -> None:
+        try:
+            self._run(run)
+        except Exception as exc:  # noqa: BLE001  (one failed run must not stop or hide the others)
+            self.failed.append(run)
+            print(f"{run.name}: failed ({type(exc).__name__}: {exc}); the next invocation tries it again", flush=True)
+
+    def _run(self, run: Run) -> None:
         with self.lock:
             estimate = estimated_minutes(self.records, run.tool)
             if self.deadline is not None and estimate is not None and \
@@ -284,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(scheduler, pending))
     print(report(bench.results, records, planned))
+    if not args.report_only and pending and scheduler.failed:
+        raise SystemExit(f"{len(scheduler.failed)} run(s) failed: {', '.join(run.name for run in scheduler.failed)}")
 
 
 if __name__ == "__main__":
