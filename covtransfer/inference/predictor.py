@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,6 +30,7 @@ from covtransfer.atomic import atomic_path, remove_leftovers
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from covtransfer.evaluation.quantify import predicted_pairs, quantify_cases, refuse_raw_folder
 from covtransfer.inference.case_result import CaseResult, CaseWriter
 from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
 from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
@@ -321,17 +323,26 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
                    step: float = DEFAULT_STEP, save_probabilities: bool = False, postprocess: bool = False,
                    skip_existing: bool = False, progress: bool = True, dicom_seg: bool = False,
                    overlays: bool = False, cpu_runtime: bool = True,
-                   allow_spacing: bool = False) -> list[Path]:
+                   allow_spacing: bool = False, statistics: bool = False) -> list[Path]:
     """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``
     (with ``dicom_seg`` also a DICOM SEG per DICOM series, with ``overlays`` a QC picture per case;
     ``cpu_runtime``: OpenVINO on the CPU when installed, see :mod:`covtransfer.inference.cpu_runtime`;
-    ``allow_spacing``: an implausible spacing or extent warns instead of refusing)."""
+    ``allow_spacing``: an implausible spacing or extent warns instead of refusing; ``statistics``: then the burden
+    statistics of every case, see :mod:`covtransfer.evaluation.quantify`)."""
     cases = discover_cases(input_path)
     if dicom_seg:
         check_dicom_input(cases)
+    if statistics:
+        refuse_raw_folder(output_folder)
     device = resolve_device(device)
     models = load_models(checkpoints, device)
     rules = find_postprocessing(models) if postprocess else None
     writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + ([write_overlay] if overlays else [])
     predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers, cpu_runtime)
-    return predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
+    written = predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
+    if statistics:
+        labels = dict(models[0].plans.labels)
+        _, problems = quantify_cases(predicted_pairs(cases, output_folder), output_folder, labels)
+        for problem in problems:
+            print(f"warning: no statistics: {problem}", file=sys.stderr)
+    return written
