@@ -73,7 +73,7 @@ def airway_mask(image: np.ndarray, inside: np.ndarray, geometry: Geometry) -> np
     grown = _touching(lumen, top)
     if grown.sum() > MAX_AIRWAY_SHARE * inside[box].sum():
         return airway
-    airway[box] = ndimage.binary_dilation(grown, iterations=1) & inside[box]
+    airway[box] = ndimage.binary_dilation(grown, structure=np.ones((3, 3, 3), dtype=bool)) & inside[box]
     return airway
 
 
