@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from covtransfer.data.geometry import Geometry
 from covtransfer.errors import CovtransferError
-from covtransfer.evaluation.lung_mask import hu_lung_mask
+from covtransfer.evaluation.lung_mask import box_of, hu_lung_mask
 from covtransfer.evaluation.patient_sides import split_sides
 
 HIGH_OPACITY_HU = -200.0
@@ -48,14 +48,26 @@ def _percent(part: int, whole: int) -> float | None:
 
 def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> list[dict]:
     """Connected lesion components (26-connected), largest first: volume (mL) and mean HU."""
-    components, count = ndimage.label(lesion, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
+    if not lesion.any():
         return []
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(lesion, components, index)
-    means = ndimage.mean(image, components, index)
+    box = box_of(lesion)
+    components, count = ndimage.label(lesion[box], structure=np.ones((3, 3, 3), dtype=bool))
+    inside = lesion[box]
+    ids = components[inside]
+    sizes = np.bincount(ids, minlength=count + 1)[1:]
+    sums = np.bincount(ids, weights=image[box][inside].astype(np.float64), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
-    return [{"volume_ml": float(sizes[i]) * voxel_ml, "mean_hu": float(means[i])} for i in order]
+    return [{"volume_ml": float(sizes[i]) * voxel_ml, "mean_hu": float(sums[i] / sizes[i])} for i in order]
+
+
+def _mask_of(segmentation: np.ndarray, values: list[int]) -> np.ndarray:
+    """Where the segmentation holds any of ``values`` (one comparison per value, cheaper than np.isin)."""
+    if not values:
+        return np.zeros(segmentation.shape, dtype=bool)
+    mask = segmentation == values[0]
+    for value in values[1:]:
+        mask |= segmentation == value
+    return mask
 
 
 def case_statistics(image: np.ndarray, segmentation: np.ndarray, geometry: Geometry, labels: dict[str, int],
@@ -65,12 +77,11 @@ def case_statistics(image: np.ndarray, segmentation: np.ndarray, geometry: Geome
     lung_values = sorted(set(lung_values))
     lesion_values = sorted(v for v in labels.values() if v != 0 and v not in lung_values)
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    counts = np.bincount(segmentation.ravel().astype(np.int64, copy=False), minlength=max(labels.values()) + 1) \
-        if segmentation.size else np.zeros(1, dtype=np.int64)
-    lesion = np.isin(segmentation, lesion_values)
-    model_lungs = bool(lung_values) and any(counts[v] for v in lung_values if v < counts.size)
+    counts = {value: np.count_nonzero(segmentation == value) for value in labels.values() if value != 0}
+    lesion = _mask_of(segmentation, lesion_values)
+    model_lungs = any(counts.get(v, 0) for v in lung_values)
     if model_lungs:
-        lung = np.isin(segmentation, lung_values) | lesion
+        lung = _mask_of(segmentation, lung_values) | lesion
     else:
         lung = hu_lung_mask(image, geometry, lesion)
     if not lung.any():
@@ -78,11 +89,11 @@ def case_statistics(image: np.ndarray, segmentation: np.ndarray, geometry: Geome
     high = lesion & (image >= HIGH_OPACITY_HU)
     stats: dict = {"lung_source": "model" if model_lungs else "hu",
                    "voxel_volume_ml": voxel_ml,
-                   "label_volumes_ml": {name: float(counts[v]) * voxel_ml if v < counts.size else 0.0
+                   "label_volumes_ml": {name: counts[v] * voxel_ml
                                         for name, v in sorted(labels.items(), key=lambda item: item[1]) if v != 0}}
     totals = {"lung": 0, "lesion": 0, "high": 0}
     for side, mask in zip(SIDES, split_sides(lung, geometry)):
-        n_lung, n_lesion, n_high = int(mask.sum()), int((lesion & mask).sum()), int((high & mask).sum())
+        n_lung, n_lesion, n_high = (np.count_nonzero(m) for m in (mask, lesion & mask, high & mask))
         po = _percent(n_lesion, n_lung)
         stats[side] = {"lung_ml": n_lung * voxel_ml, "lesion_ml": n_lesion * voxel_ml,
                        "high_opacity_ml": n_high * voxel_ml, "po": po, "pho": _percent(n_high, n_lung),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from covtransfer.data.cropping import bounding_box
 from covtransfer.data.geometry import Geometry
 
 _X, _Z = 0, 2  # patient axes in ITK (x, y, z) order
@@ -58,6 +59,13 @@ def _patient_left_of(box: tuple[slice, ...], geometry: Geometry, midline: float)
     return out
 
 
+def _mean_index(mask: np.ndarray) -> np.ndarray:
+    """The mean (z, y, x) index of a mask's True voxels, from its three projections."""
+    total = np.count_nonzero(mask)
+    return np.array([np.dot(np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis)),
+                            np.arange(mask.shape[axis])) / total for axis in range(3)])
+
+
 def split_sides(lung: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """``(right, left)`` masks of a lung mask, by patient x: each connected component goes to the side holding most
     of its voxels relative to the midline (through the centroid of all lung voxels); a component with a good share
@@ -65,12 +73,14 @@ def split_sides(lung: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.nd
     right, left = np.zeros_like(lung, dtype=bool), np.zeros_like(lung, dtype=bool)
     if not lung.any():
         return right, left
-    midline = float(patient_point(np.array(ndimage.center_of_mass(lung)), geometry)[_X])
-    components, _ = ndimage.label(lung)
-    for index, box in enumerate(ndimage.find_objects(components), start=1):
-        part = components[box] == index
+    midline = float(patient_point(_mean_index(lung), geometry)[_X])
+    outer = tuple(slice(start, stop) for start, stop in bounding_box(lung))
+    components, _ = ndimage.label(lung[outer])
+    for index, inner in enumerate(ndimage.find_objects(components), start=1):
+        box = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+        part = components[inner] == index
         on_left = _patient_left_of(box, geometry, midline)
-        share_left = float(on_left[part].mean())
+        share_left = float(np.count_nonzero(on_left & part)) / np.count_nonzero(part)
         if min(share_left, 1 - share_left) >= _FUSED_SHARE:
             left[box] |= part & on_left
             right[box] |= part & ~on_left
