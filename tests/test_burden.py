@@ -82,6 +82,15 @@ def test_statistics_are_hand_computed_numbers():
     assert row["po_left"] == left["po"] and row["volume_ml_lesion"] == pytest.approx(8.0)
 
 
+def test_a_lesion_filling_the_lung_base_below_the_air_counts_in_the_lung():
+    image, seg = chest(trachea=False)
+    image[2:4, 8:17, 8:18] = 20  # fluid under the right lung, below every air voxel of the scan
+    seg[2:4, 8:17, 8:18] = 1
+    stats = case_statistics(image, seg, Geometry(SPACING), LESION)
+    assert stats["right"]["lung_ml"] == pytest.approx((1080 + 180) * VOXEL_ML)
+    assert stats["right"]["po"] == pytest.approx(100 * 180 / 1260) and stats["right"]["pho"] == stats["right"]["po"]
+
+
 def test_sides_follow_patient_coordinates_not_array_order():
     image, seg = chest()
     geometry = Geometry(SPACING, (10.0, -20.0, 5.0))

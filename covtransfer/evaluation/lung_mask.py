@@ -82,16 +82,14 @@ def airway_mask(image: np.ndarray, inside: np.ndarray, geometry: Geometry) -> np
 def hu_lung_mask(image: np.ndarray, geometry: Geometry, lesion: np.ndarray | None = None) -> np.ndarray:
     """The lung mask of a CT in HU (see the module docstring); ``lesion`` (bool, same grid) is joined. Empty when
     no lung is found."""
-    inside = inside_air(image, geometry)
-    lung = np.zeros_like(inside)
-    if not inside.any():
+    air = inside_air(image, geometry)
+    lung = np.zeros_like(air)
+    if not air.any():
         return lung
-    box = box_of(inside)
-    inside = inside[box]
-    airway = airway_mask(image[box], inside, geometry)
-    inside &= ~airway
-    if lesion is not None:
-        inside |= lesion[box]
+    inside = air | lesion if lesion is not None else air
+    box = box_of(inside)  # with the lesion, which can reach beyond the air (a lung base filled with fluid)
+    airway = airway_mask(image[box], air[box], geometry)
+    inside = inside[box] & ~airway
     components, count = ndimage.label(inside)
     sizes = np.bincount(components.ravel())[1:]
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
