@@ -18,6 +18,7 @@ from covtransfer.cli.predict import main as predict_main
 from covtransfer.data.image_io import Geometry, read_image, write_image
 from covtransfer.datasets.synthetic import make_synthetic_dataset
 from covtransfer.evaluation.quantify import STATISTICS_CSV
+from covtransfer.inference import overlays
 from test_inference import make_plans, save_checkpoint
 
 
@@ -121,3 +122,28 @@ def test_predict_statistics_equal_quantify_on_its_output(dataset, tmp_path):
     measured = json.loads((again / "covid_000.statistics.json").read_text())
     for key in ("right", "left", "total", "lesion_count", "lung_source"):
         assert measured[key] == predicted[key]
+
+
+def test_overlays_with_statistics_show_po_and_pho(dataset, tmp_path, monkeypatch):
+    titles = []
+    original = overlays.overlay_figure
+    monkeypatch.setattr(overlays, "overlay_figure", lambda *args: titles.append(args[3]) or original(*args))
+    checkpoint = save_checkpoint(tmp_path / "model" / "fold_0", make_plans(spacing=(6.0, 5.0, 5.0),
+                                                                           patch=(16, 32, 32)))
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(dataset / "imagesTr" / "covid_001_0000.nii.gz", images)
+    out = tmp_path / "out"
+    assert predict_main(["-i", str(images), "-o", str(out), "-m", str(checkpoint), "--statistics", "--overlays",
+                         "--quiet"]) == 0
+    stats = json.loads((out / "covid_001.statistics.json").read_text())
+    assert (out / "covid_001_overlay.png").stat().st_size > 1000
+    assert len(titles) == 1 and titles[0].startswith("covid_001   PO ")
+    assert f"PO {stats['total']['po']:.1f} %" in titles[0] and f"PHO {stats['total']['pho']:.1f} %" in titles[0]
+
+
+def test_burden_title_gives_po_and_pho_per_lung():
+    row = {"po_total": 12.345, "po_right": 20.0, "po_left": None, "pho_total": 1.0, "pho_right": 2.04,
+           "pho_left": None}
+    assert overlays.burden_title("c", row) == "c   PO 12.3 % (R 20.0, L n/a)   PHO 1.0 % (R 2.0, L n/a)"
+    assert overlays.burden_title("c", {"case": "c", "error": "no lung found"}) == "c"

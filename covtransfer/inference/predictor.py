@@ -38,7 +38,7 @@ from covtransfer.inference.export import (labels_from_probabilities, probabiliti
                                           segmentation_to_original)
 from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
 from covtransfer.inference.model_loading import LoadedModel, load_models
-from covtransfer.inference.overlays import write_overlay
+from covtransfer.inference.overlays import write_burden_overlays, write_overlay
 from covtransfer.inference.sliding_window import Forward, predict_sliding_window
 from covtransfer.network.build import unwrap_network
 from covtransfer.plans import Configuration, Plans
@@ -337,12 +337,16 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
     device = resolve_device(device)
     models = load_models(checkpoints, device)
     rules = find_postprocessing(models) if postprocess else None
-    writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + ([write_overlay] if overlays else [])
+    # with statistics the overlays are drawn after them, to show PO and PHO
+    writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + \
+        ([write_overlay] if overlays and not statistics else [])
     predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers, cpu_runtime)
     written = predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
     if statistics:
-        labels = dict(models[0].plans.labels)
-        _, problems = quantify_cases(predicted_pairs(cases, output_folder), output_folder, labels)
+        pairs = predicted_pairs(cases, output_folder)
+        rows, problems = quantify_cases(pairs, output_folder, dict(models[0].plans.labels))
         for problem in problems:
             print(f"warning: no statistics: {problem}", file=sys.stderr)
+        if overlays:
+            write_burden_overlays(pairs, Path(output_folder), rows)
     return written
