@@ -21,6 +21,7 @@ from covtransfer.evaluation.lung_mask import box_of, hu_lung_mask
 from covtransfer.evaluation.patient_sides import split_sides
 
 HIGH_OPACITY_HU = -200.0
+LISTED_LESIONS = 100  # the JSON lists this many of the largest lesions (a noisy mask can have 100 000s)
 SIDES = ("right", "left")
 
 
@@ -46,10 +47,11 @@ def _percent(part: int, whole: int) -> float | None:
     return 100.0 * part / whole if whole else None
 
 
-def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> list[dict]:
-    """Connected lesion components (26-connected), largest first: volume (mL) and mean HU."""
+def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> tuple[int, list[dict]]:
+    """The number of connected lesion components (26-connected) and the largest :data:`LISTED_LESIONS` of them,
+    largest first: volume (mL) and mean HU."""
     if not lesion.any():
-        return []
+        return 0, []
     box = box_of(lesion)
     components, count = ndimage.label(lesion[box], structure=np.ones((3, 3, 3), dtype=bool))
     inside = lesion[box]
@@ -57,7 +59,8 @@ def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> list[dic
     sizes = np.bincount(ids, minlength=count + 1)[1:]
     sums = np.bincount(ids, weights=image[box][inside].astype(np.float64), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
-    return [{"volume_ml": float(sizes[i]) * voxel_ml, "mean_hu": float(sums[i] / sizes[i])} for i in order]
+    return count, [{"volume_ml": float(sizes[i]) * voxel_ml, "mean_hu": float(sums[i] / sizes[i])}
+                   for i in order[:LISTED_LESIONS]]
 
 
 def _mask_of(segmentation: np.ndarray, values: list[int]) -> np.ndarray:
@@ -103,10 +106,8 @@ def case_statistics(image: np.ndarray, segmentation: np.ndarray, geometry: Geome
     stats["total"] = {"lung_ml": totals["lung"] * voxel_ml, "lesion_ml": totals["lesion"] * voxel_ml,
                       "high_opacity_ml": totals["high"] * voxel_ml, "po": _percent(totals["lesion"], totals["lung"]),
                       "pho": _percent(totals["high"], totals["lung"])}
-    lesions = _lesions(image, lesion, voxel_ml)
-    stats["lesion_count"] = len(lesions)
-    stats["lesion_mean_hu"] = float(image[lesion].mean()) if lesions else None
-    stats["lesions"] = lesions
+    stats["lesion_count"], stats["lesions"] = _lesions(image, lesion, voxel_ml)
+    stats["lesion_mean_hu"] = float(image[lesion].mean()) if stats["lesion_count"] else None
     return stats
 
 

@@ -88,7 +88,10 @@ def hu_lung_mask(image: np.ndarray, geometry: Geometry, lesion: np.ndarray | Non
         return lung
     inside = air | lesion if lesion is not None else air
     box = box_of(inside)  # with the lesion, which can reach beyond the air (a lung base filled with fluid)
-    airway = airway_mask(image[box], air[box], geometry)
+    air_box = box_of(air)
+    airway = np.zeros_like(air)
+    airway[air_box] = airway_mask(image[air_box], air[air_box], geometry)
+    airway = airway[box]
     inside = inside[box] & ~airway
     components, count = ndimage.label(inside)
     sizes = np.bincount(components.ravel())[1:]
