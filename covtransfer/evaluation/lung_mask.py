@@ -94,6 +94,8 @@ def hu_lung_mask(image: np.ndarray, geometry: Geometry, lesion: np.ndarray | Non
     airway = airway[box]
     inside = inside[box] & ~airway
     components, count = ndimage.label(inside)
+    if count == 0:  # all the air was airway
+        return lung
     sizes = np.bincount(components.ravel())[1:]
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
     keep = np.flatnonzero((sizes >= sizes.max() * MIN_LUNG_SHARE) & (sizes * voxel_ml >= MIN_LUNG_ML)) + 1

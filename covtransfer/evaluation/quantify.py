@@ -2,7 +2,7 @@
 
 Per case ``<case>.statistics.json`` (see :mod:`~covtransfer.evaluation.burden`) and per folder ``statistics.csv``
 with one row per case, both written atomically into the output folder. Segmentations pair with images by case id
-(the image file name without ``_0000`` and its ending, or a DICOM series' folder name). A case that cannot be
+(the callers find the images: ``covtransfer_quantify`` as ``covtransfer_predict`` finds its inputs). A case that cannot be
 measured (no image, another grid, no lung) gets a row holding only its ``error``; the other cases are unaffected.
 """
 
@@ -19,7 +19,6 @@ from covtransfer.data.image_io import read_image
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.burden import CSV_COLUMNS, case_statistics, csv_row, lung_label_values
 from covtransfer.evaluation.evaluate import as_labels, json_safe, list_images, present_labels
-from covtransfer.inference.inputs import InputCase, discover_cases
 
 STATISTICS_CSV = "statistics.csv"
 STATISTICS_SUFFIX = ".statistics.json"
@@ -105,21 +104,11 @@ def quantify_cases(pairs: Sequence[tuple[str, Path | None, Path]], output_folder
     return rows, problems
 
 
-def predicted_pairs(cases: Sequence[InputCase], output_folder: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """``(case, image, label map)`` of predicted cases, whose label maps lie in ``output_folder``."""
-    return [(case.case_id, case.images[0], Path(output_folder) / case.output_name()) for case in cases]
-
-
-def quantify_folders(image_input: str | os.PathLike, segmentation_folder: str | os.PathLike,
-                     output_folder: str | os.PathLike, lung_values: Sequence[int] | None = None
-                     ) -> tuple[list[dict], list[str]]:
-    """:func:`quantify_cases` of every segmentation in ``segmentation_folder`` with its image under
-    ``image_input`` (any input ``covtransfer_predict`` takes), labelled by a ``dataset.json`` beside the
-    segmentations when there is one."""
-    refuse_raw_folder(output_folder)
+def segmentation_pairs(images: dict[str, Path], segmentation_folder: str | os.PathLike
+                       ) -> list[tuple[str, Path | None, Path]]:
+    """``(case, image or None, segmentation)`` of every segmentation in a folder, with its case's image from
+    ``images`` (case id -> CT file)."""
     segmentations = list_images(segmentation_folder)
     if not segmentations:
         raise CovtransferError(f"{segmentation_folder}: no segmentation files found")
-    images = {case.case_id: case.images[0] for case in discover_cases(image_input)}
-    pairs = [(case, images.get(case), path) for case, path in sorted(segmentations.items())]
-    return quantify_cases(pairs, output_folder, segmentation_labels(segmentation_folder), lung_values)
+    return [(case, images.get(case), path) for case, path in sorted(segmentations.items())]

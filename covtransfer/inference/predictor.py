@@ -30,7 +30,7 @@ from covtransfer.atomic import atomic_path, remove_leftovers
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
-from covtransfer.evaluation.quantify import predicted_pairs, quantify_cases, refuse_raw_folder
+from covtransfer.evaluation.quantify import quantify_cases, refuse_raw_folder
 from covtransfer.inference.case_result import CaseResult, CaseWriter
 from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
 from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
@@ -343,7 +343,7 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
     predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers, cpu_runtime)
     written = predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
     if statistics:
-        pairs = predicted_pairs(cases, output_folder)
+        pairs = [(case.case_id, case.images[0], Path(output_folder) / case.output_name()) for case in cases]
         rows, problems = quantify_cases(pairs, output_folder, dict(models[0].plans.labels))
         for problem in problems:
             print(f"warning: no statistics: {problem}", file=sys.stderr)
