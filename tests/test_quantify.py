@@ -9,6 +9,7 @@ import sys
 
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 
@@ -16,9 +17,13 @@ from covtransfer.cli import quantify
 from covtransfer.cli.common import run_cli
 from covtransfer.cli.predict import main as predict_main
 from covtransfer.data.image_io import Geometry, read_image, write_image
-from covtransfer.datasets.synthetic import make_synthetic_dataset
+from covtransfer.datasets.synthetic import case_rng, generate_case, make_synthetic_dataset
 from covtransfer.evaluation.quantify import STATISTICS_CSV
+from covtransfer.data.dicom_io import find_series
 from covtransfer.inference import overlays
+from covtransfer.inference.dicom_seg import write_dicom_seg
+from covtransfer.inference.dicom_sr import write_burden_sr
+from dicom_series import write_ct_series
 from test_inference import make_plans, save_checkpoint
 
 
@@ -147,3 +152,42 @@ def test_burden_title_gives_po_and_pho_per_lung():
            "pho_left": None}
     assert overlays.burden_title("c", row) == "c   PO 12.3 % (R 20.0, L n/a)   PHO 1.0 % (R 2.0, L n/a)"
     assert overlays.burden_title("c", {"case": "c", "error": "no lung found"}) == "c"
+
+
+def test_dicom_input_with_seg_and_statistics_writes_a_structured_report(tmp_path):
+    image, _, spacing = generate_case("covid", "tiny", case_rng(2, "covid", 0))
+    write_ct_series(tmp_path / "dicom" / "chest", image, Geometry(spacing))
+    checkpoint = save_checkpoint(tmp_path / "model" / "fold_0", make_plans(spacing=(6.0, 5.0, 5.0),
+                                                                           patch=(16, 32, 32)))
+    out = tmp_path / "out"
+    assert predict_main(["-i", str(tmp_path / "dicom"), "-o", str(out), "-m", str(checkpoint), "--dicom-seg",
+                         "--statistics", "--quiet"]) == 0
+    stats = json.loads((out / "chest.statistics.json").read_text())
+    seg = hd.seg.segread(out / "chest.dcm")
+    report = hd.sr.srread(out / "chest_sr.dcm")
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["lesion, right lung", "lesion, left lung", "lesion, both lungs"]
+    for group, side in zip(groups, ("right", "left", "total")):
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        measured = {m.name.meaning: m.value for m in group.get_measurements()}
+        units = {m.name.meaning: m.unit.value for m in group.get_measurements()}
+        assert measured == pytest.approx({"Volume": stats[side]["lesion_ml"], "Lung volume": stats[side]["lung_ml"],
+                                          "Percentage of opacity": stats[side]["po"],
+                                          "Percentage of high opacity": stats[side]["pho"]})
+        assert units == {"Volume": "ml", "Lung volume": "ml", "Percentage of opacity": "%",
+                         "Percentage of high opacity": "%"}
+    assert stats["total"]["lung_ml"] > 500  # the phantom's lungs were found
+
+
+def test_structured_report_carries_the_given_numbers_and_leaves_out_undefined_ones(tmp_path):
+    image, label, spacing = generate_case("covid", "tiny", case_rng(2, "covid", 1))
+    write_ct_series(tmp_path / "chest", image, Geometry(spacing))
+    series = find_series(tmp_path / "chest")
+    write_dicom_seg(tmp_path / "chest.dcm", label, series, {"background": 0, "lesion": 1}, "a/b/fold_0")
+    part = {"lesion_ml": 12.5, "lung_ml": 1000.0, "po": 1.25, "pho": 0.5}
+    stats = {"right": part, "left": {"lesion_ml": 0.0, "lung_ml": 0.0, "po": None, "pho": None}, "total": part}
+    write_burden_sr(tmp_path / "sr.dcm", tmp_path / "chest.dcm", str(series.headers[0].SeriesInstanceUID), 1, stats)
+    right, left, total = hd.sr.srread(tmp_path / "sr.dcm").content.get_volumetric_roi_measurement_groups()
+    assert {m.name.meaning: m.value for m in right.get_measurements()} == {
+        "Volume": 12.5, "Lung volume": 1000.0, "Percentage of opacity": 1.25, "Percentage of high opacity": 0.5}
+    assert {m.name.meaning for m in left.get_measurements()} == {"Volume", "Lung volume"}

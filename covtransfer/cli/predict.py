@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "predicted component with its outline on the lung window")
     parser.add_argument("--statistics", action="store_true",
                         help="then write <case>.statistics.json and statistics.csv: lung and lesion volumes, PO and "
-                             "PHO per lung, lesion count, grades (documentation/evaluation.md)")
+                             "PHO per lung, lesion count, grades (documentation/evaluation.md); with --dicom-seg also "
+                             "<case>_sr.dcm, a DICOM SR of them")
     parser.add_argument("--continue", dest="skip_existing", action="store_true",
                         help="skip cases whose outputs already exist")
     parser.add_argument("--allow-spacing", action="store_true",

@@ -34,6 +34,7 @@ from covtransfer.evaluation.quantify import quantify_cases, refuse_raw_folder
 from covtransfer.inference.case_result import CaseResult, CaseWriter
 from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
 from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
+from covtransfer.inference.dicom_sr import write_burden_srs
 from covtransfer.inference.export import (labels_from_probabilities, probabilities_to_original, save_segmentation,
                                           segmentation_to_original)
 from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
@@ -349,4 +350,6 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
             print(f"warning: no statistics: {problem}", file=sys.stderr)
         if overlays:
             write_burden_overlays(pairs, Path(output_folder), rows)
+        if dicom_seg:
+            write_burden_srs(cases, Path(output_folder), rows, dict(models[0].plans.labels))
     return written
