@@ -81,8 +81,10 @@ def _save(fig, path: Path) -> None:
 
 
 def write_report(folder: Path, rows: list[dict], commands: list[str], target: str, roots: Roots,
-                 paired: list[dict] | None = None, pretraining: list[dict] | None = None) -> list[Path]:
-    """Write every study output into ``folder``; returns the plot paths."""
+                 paired: list[dict] | None = None, pretraining: list[dict] | None = None,
+                 burden: str = "") -> list[Path]:
+    """Write every study output into ``folder`` (``burden``: a Markdown section appended to results.md); returns the
+    plot paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,7 +97,8 @@ def write_report(folder: Path, rows: list[dict], commands: list[str], target: st
     write_csv(folder / "results.csv", table, keys)
     write_csv(folder / "pretraining.csv", pretraining,
               ["pretraining", "source", "epochs", "final_ema", "final_pseudo_dice"])
-    write_text(folder / "results.md", results_markdown(target, rows, paired, pretraining))
+    write_text(folder / "results.md", results_markdown(target, rows, paired, pretraining) + (
+        "\n" + burden if burden else ""))
     write_text(folder / "commands.txt", "\n".join(dict.fromkeys(commands)) + "\n")
     with atomic_path(folder / "per_case.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -165,13 +168,19 @@ def write_overlays(folder: Path, rows: list[dict], target: str, roots: Roots, n_
     return paths
 
 
-def case_image_and_reference(raw: Path, case: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first channel and the reference label map of a raw dataset case (test or training), or None."""
+def case_files(raw: Path, case: str) -> tuple[Path, Path] | None:
+    """The first channel file and the reference label map file of a raw dataset case (test or training), or None."""
     image_path = next((p for sub in ("imagesTs", "imagesTr") for p in (raw / sub).glob(f"{case}_0000.*")), None)
     label_path = next((p for sub in ("labelsTs", "labelsTr") for p in (raw / sub).glob(f"{case}.*")), None)
     if image_path is None or label_path is None:
         return None
-    return read_image(image_path)[0], read_image(label_path)[0]
+    return image_path, label_path
+
+
+def case_image_and_reference(raw: Path, case: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first channel and the reference label map of a raw dataset case (test or training), or None."""
+    files = case_files(raw, case)
+    return None if files is None else (read_image(files[0])[0], read_image(files[1])[0])
 
 
 def read_prediction(folder: Path, row: dict, fold: str, case: str) -> np.ndarray | None:
