@@ -7,7 +7,8 @@ import pytest
 
 from covtransfer.data.image_io import read_image, write_image
 from covtransfer.datasets.synthetic import make_synthetic_dataset
-from covtransfer.experiments.burden_table import BURDEN_FILE, burden_rows, mean_absolute_error, write_burden
+from covtransfer.experiments.burden_table import (BURDEN_FILE, burden_error_line, burden_rows, mean_absolute_error,
+                                                 write_burden)
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,4 @@ def test_burden_csv_and_markdown(study):
     error = mean_absolute_error(burden_rows(folder, rows, raw), "finetune")
     assert "| scratch | 0.00 |" in text and f"| finetune | {error:.2f} |" in text
     assert text.startswith("## Disease burden")
+    assert burden_error_line(folder) == f"mean absolute PO error (burden), points: scratch 0.00, finetune {error:.2f}"

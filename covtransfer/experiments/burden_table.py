@@ -5,6 +5,7 @@ the label map has them, else lungs from HU); a case without lung has no PO and i
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,13 @@ def write_burden(folder: Path, rows: list[dict], raw: Path) -> str:
     return ("## Disease burden: percentage of opacity\n\nPO = 100 × lesion volume / lung volume per test case "
             "(lungs from the label map's lung labels, else from HU), the reference's against each strategy's "
             f"prediction.\n\n{cases}\n\n{errors}\n")
+
+
+def burden_error_line(folder: Path) -> str:
+    """One line for the demo's summary: the mean absolute PO error per strategy, from ``folder/burden.csv``."""
+    with open(folder / BURDEN_FILE, newline="") as handle:
+        table = [{k: None if v == "n/a" else (v if k in ("fold", "case") else float(v)) for k, v in row.items()}
+                 for row in csv.DictReader(handle)]
+    names = [k for k in (table[0] if table else {}) if k not in ("fold", "case", "reference")]
+    return "mean absolute PO error (burden), points: " + ", ".join(
+        f"{name} {_cell(mean_absolute_error(table, name))}" for name in names)
