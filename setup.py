@@ -9,6 +9,7 @@ COMMANDS = {
     "covtransfer_verify": "verify",
     "covtransfer_plan_and_preprocess": "plan_and_preprocess",
     "covtransfer_evaluate": "evaluate",
+    "covtransfer_quantify": "quantify",
     "covtransfer_determine_postprocessing": "determine_postprocessing",
     "covtransfer_train": "train",
     "covtransfer_predict": "predict",

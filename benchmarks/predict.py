@@ -313,10 +313,11 @@ def run_nnunet(predict: list[str], images: Path, model: Path, output: Path, devi
 
 
 def variants(device: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """Further covtransfer runs beside the default one: the plain PyTorch path (``--compare-plain``, CPU) and
-    ``--fast``; each row also gives its Dice against the default run's label map."""
+    """Further covtransfer runs beside the default one: the plain PyTorch path (``--compare-plain``, CPU),
+    ``--fast`` and ``--statistics``; each row also gives its Dice against the default run's label map."""
     runs = [("plain_pytorch", ["--no-cpu-runtime"])] if args.compare_plain and device == "cpu" else []
-    return runs + ([("fast", ["--fast"])] if args.fast else [])
+    return runs + ([("fast", ["--fast"])] if args.fast else []) + \
+        ([("statistics", ["--statistics"])] if args.statistics else [])
 
 
 def main() -> None:
@@ -346,6 +347,8 @@ def main() -> None:
                         help="also time the plain PyTorch path (--no-cpu-runtime) on the CPU, with its Dice against "
                              "the default path")
     parser.add_argument("--fast", action="store_true", help="also time covtransfer_predict --fast")
+    parser.add_argument("--statistics", action="store_true",
+                        help="also time covtransfer_predict --statistics (the burden statistics after predicting)")
     parser.add_argument("--levers", type=int, metavar="WINDOWS",
                         help="time each CPU lever alone on WINDOWS windows (rounded up to a multiple of 4) of the "
                              "--cpu-topology network in this process (benchmarks/cpu_levers.py), then stop")

@@ -84,6 +84,7 @@ def study_run(tmp_path_factory):
 def test_demo_command_with_defaults(demo_run):
     output, printed = demo_run
     _check_outputs(output / "seed_0" / "study", printed)
+    assert "mean absolute PO error (burden), points: scratch " in printed
     assert not (output / "across_seeds").exists()
     if default_parallel(torch.device("cpu")) > 1:  # each job ran as its own process, its log kept
         assert "finished train_hybrid__from_multi_fold_all" in printed

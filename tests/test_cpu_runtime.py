@@ -62,14 +62,15 @@ def test_export_is_cached_by_weights_and_leaves_no_temporary_file(tmp_path):
 def test_fast_preset_and_nnunet_style_flags_reach_the_predictor(tmp_path, monkeypatch, flags, step, tta, runtime):
     seen = {}
 
-    def fake_predict_folder(input_path, output, checkpoints, device, tta_, step_, *args, cpu_runtime, allow_spacing):
-        seen.update(step=step_, tta=tta_, runtime=cpu_runtime, allow_spacing=allow_spacing)
+    def fake_predict_folder(input_path, output, checkpoints, device, tta_, step_, *args, cpu_runtime, allow_spacing,
+                            statistics):
+        seen.update(step=step_, tta=tta_, runtime=cpu_runtime, allow_spacing=allow_spacing, statistics=statistics)
         return []
 
     monkeypatch.setattr(predict_cli, "predict_folder", fake_predict_folder)
     model = save_checkpoint(tmp_path / "fold_0", make_plans())
     assert predict_cli.main(["-i", "x", "-o", "y", "-m", str(model), "--quiet"] + flags) == 0
-    assert seen == {"step": step, "tta": tta, "runtime": runtime, "allow_spacing": False}
+    assert seen == {"step": step, "tta": tta, "runtime": runtime, "allow_spacing": False, "statistics": False}
 
 
 def test_fast_prediction_through_the_entry_point_writes_the_label_map(tmp_path):

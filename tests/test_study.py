@@ -45,9 +45,14 @@ def test_study_writes_results_for_each_strategy(study_run):
         table = list(csv.DictReader(handle))
     assert [t["strategy"] for t in table] == ["scratch", "finetune"]
     assert "| none | scratch | 2 |" in (output / "results.md").read_text()
-    for name in ("convergence.png", "dice_boxplot.png", "commands.txt", "per_case.csv"):
+    for name in ("convergence.png", "dice_boxplot.png", "commands.txt", "per_case.csv", "burden.csv"):
         assert (output / name).is_file()
     assert list(output.glob("overlay_*.png"))
+    with open(output / "burden.csv") as handle:
+        burden = list(csv.DictReader(handle))
+    assert len(burden) == 2 and list(burden[0])[3:] == ["scratch", "finetune (multi)"]
+    assert "## Disease burden" in (output / "results.md").read_text()
+    assert "Disease burden" in (output / "report.html").read_text()
     commands = (output / "commands.txt").read_text()
     assert "covtransfer_train -d Dataset012_SourceA Dataset013_SourceB -t pretrain -f all" in commands
     assert "--plans-from Dataset011_Target" in commands

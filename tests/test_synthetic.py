@@ -192,6 +192,10 @@ def test_cli_writes_dataset_and_reports_errors(tmp_path, capsys, monkeypatch):
     assert err.strip().endswith("already exists; pass --overwrite to replace it")  # the flag, not the API's keyword
     assert make_synthetic.main(argv + ["--overwrite", "--with-lungs"]) == 0
     assert load_dataset_json(folder).labels["lung"] == 1
+    assert make_synthetic.main(argv + ["--overwrite"]) == 0
+    assert "lung" not in load_dataset_json(folder).labels
+    assert make_synthetic.main(argv + ["--overwrite", "--labels", "lung-lesion"]) == 0
+    assert load_dataset_json(folder).labels == {"background": 0, "lung": 1, "lesion": 2}
     with pytest.raises(SystemExit):
         make_synthetic.main(["flu", "-d", "1", "-n", "1"])
 

@@ -9,6 +9,8 @@ from typing import Sequence
 from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
 from covtransfer.datasets.synthetic import KINDS, SIZES, make_synthetic_dataset
 
+LABEL_SETS = ("lesion", "lung-lesion")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -25,8 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "clinical: 512x512x150-260 benchmarks")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--name", help="dataset name (default SyntheticCOVID / SyntheticTumor / SyntheticEffusion)")
-    parser.add_argument("--with-lungs", action="store_true",
-                        help="label the lungs too: background 0, lung 1, lesion 2")
+    parser.add_argument("--labels", choices=LABEL_SETS, default="lesion",
+                        help="lesion: background 0, lesion 1 (default); lung-lesion: background 0, lung 1, lesion 2, "
+                             "so the true lungs and PO are known")
+    parser.add_argument("--with-lungs", dest="labels", action="store_const", const="lung-lesion",
+                        help="the same as --labels lung-lesion")
     parser.add_argument("--overwrite", action="store_true", help="replace the dataset folder if it exists")
     add_root_arguments(parser)
     return parser
@@ -36,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     folder = make_synthetic_dataset(args.kind, args.dataset_id, args.num_train, n_test=args.test, size=args.size,
                                     seed=args.seed, name=args.name, raw_root=roots_from_args(args).raw,
-                                    with_lungs=args.with_lungs, overwrite=args.overwrite)
+                                    with_lungs=args.labels == "lung-lesion", overwrite=args.overwrite)
     print(f"wrote {args.num_train} training and {args.test} test cases to {folder}")
     return 0
 

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlays", action="store_true",
                         help="also write <case>_overlay.png: axial and coronal slices through the largest "
                              "predicted component with its outline on the lung window")
+    parser.add_argument("--statistics", action="store_true",
+                        help="then write <case>.statistics.json and statistics.csv: lung and lesion volumes, PO and "
+                             "PHO per lung, lesion count, grades (documentation/evaluation.md); with --dicom-seg also "
+                             "<case>_sr.dcm, a DICOM SR of them")
     parser.add_argument("--continue", dest="skip_existing", action="store_true",
                         help="skip cases whose outputs already exist")
     parser.add_argument("--allow-spacing", action="store_true",
@@ -95,7 +99,8 @@ def _predict(args: argparse.Namespace, device, checkpoints: list) -> int:
     tta = not (args.no_tta or args.fast)
     written = predict_folder(args.input, args.output, checkpoints, device, tta, step, args.save_probabilities,
                              args.postprocess, args.skip_existing, not args.quiet, args.dicom_seg, args.overlays,
-                             cpu_runtime=not args.no_cpu_runtime, allow_spacing=args.allow_spacing)
+                             cpu_runtime=not args.no_cpu_runtime, allow_spacing=args.allow_spacing,
+                             statistics=args.statistics)
     print(f"{len(written)} case(s) predicted with {len(checkpoints)} model(s) into {args.output}")
     return 0
 

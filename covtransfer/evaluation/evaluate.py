@@ -72,7 +72,8 @@ def pair_files(ref_folder: str | os.PathLike, pred_folder: str | os.PathLike) ->
     return [(case, refs[case], preds[case]) for case in sorted(refs)]
 
 
-def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+def as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """The label map as integers; an error naming ``path`` when it holds non-integer values."""
     if array.dtype.kind in "iub":
         return array
     rounded = np.rint(array)
@@ -91,7 +92,7 @@ def read_pair(ref_path: Path, pred_path: Path) -> tuple[np.ndarray, np.ndarray, 
     if fields:
         detail = ", ".join(f"{f} {getattr(pred_geometry, f)} vs {getattr(ref_geometry, f)}" for f in fields)
         raise CovtransferError(f"{pred_path}: {', '.join(fields)} differ(s) from reference {ref_path} ({detail})")
-    return _as_labels(ref, ref_path), _as_labels(pred, pred_path), tuple(ref_geometry.spacing)
+    return as_labels(ref, ref_path), as_labels(pred, pred_path), tuple(ref_geometry.spacing)
 
 
 def present_labels(array: np.ndarray) -> set[int]:

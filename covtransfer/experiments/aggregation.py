@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from covtransfer.config import Roots
+from covtransfer.config import Roots, find_dataset
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.evaluate import summarise
+from covtransfer.experiments.burden_table import write_burden
 from covtransfer.experiments.paired import paired_rows
 from covtransfer.experiments.pretraining_summary import pretraining_rows
 from covtransfer.experiments.report import write_report
@@ -55,8 +56,10 @@ def aggregate_study(spec: StudySpec, roots: Roots, target: str, sources: list[st
         rows[-1]["per_case"] = per_case
         rows[-1]["histories"] = histories
     paired = paired_rows(rows)
-    write_report(output, rows, commands, target, roots, paired, ema_rows, spec.tolerance_mm)
-    write_html_report(output, rows, target, roots, paired, ema_rows)
+    output.mkdir(parents=True, exist_ok=True)
+    burden = write_burden(output, rows, find_dataset(roots.raw, target))
+    write_report(output, rows, commands, target, roots, paired, ema_rows, spec.tolerance_mm, burden)
+    write_html_report(output, rows, target, roots, paired, ema_rows, burden)
     return rows, paired, ema_rows
 
 

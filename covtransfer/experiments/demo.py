@@ -21,6 +21,7 @@ from covtransfer.config import Roots, find_dataset
 from covtransfer.datasets.synthetic import make_synthetic_dataset
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
+from covtransfer.experiments.burden_table import burden_error_line
 from covtransfer.experiments.launch_local import run_study_local
 from covtransfer.experiments.report import summary_text
 from covtransfer.experiments.report_html import REPORT_FILE
@@ -190,12 +191,14 @@ def print_demo_summary(result: DemoResult) -> None:
     """Each seed's tables, the across-seeds tables (several seeds), and where the outputs are."""
     for run in result.runs:
         print(f"\n# seed {run.seed}\n\n" + summary_text(run.rows, run.paired, run.pretraining))
+        print(burden_error_line(run.folder))
     if result.across_seeds is not None:
         print("\n# across seeds\n\n" + seeds_summary_text(result.runs))
     print("outputs:")
     for run in result.runs:
         for path in sorted(run.folder.glob("*.png")) + [run.folder / name for name in
-                                                         ("results.md", "results.csv", "pretraining.csv")]:
+                                                         ("results.md", "results.csv", "pretraining.csv",
+                                                          "burden.csv")]:
             print(f"  {path}")
     if result.across_seeds is not None:
         print(f"  {result.across_seeds / 'results.md'}")

@@ -92,8 +92,9 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def write_report(folder: Path, rows: list[dict], commands: list[str], target: str, roots: Roots,
                  paired: list[dict] | None = None, pretraining: list[dict] | None = None,
-                 tolerance_mm: float | None = None) -> list[Path]:
-    """Write every study output into ``folder``; returns the plot paths."""
+                 tolerance_mm: float | None = None, burden: str = "") -> list[Path]:
+    """Write every study output into ``folder`` (``burden``: a Markdown section appended to results.md); returns the
+    plot paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -106,7 +107,8 @@ def write_report(folder: Path, rows: list[dict], commands: list[str], target: st
     write_csv(folder / "results.csv", table, keys)
     write_csv(folder / "pretraining.csv", pretraining,
               ["pretraining", "source", "epochs", "final_ema", "final_pseudo_dice"])
-    write_text(folder / "results.md", results_markdown(target, rows, paired, pretraining, tolerance_mm))
+    write_text(folder / "results.md", results_markdown(target, rows, paired, pretraining, tolerance_mm) + (
+        "\n" + burden if burden else ""))
     write_text(folder / "commands.txt", "\n".join(dict.fromkeys(commands)) + "\n")
     write_csv(folder / "per_case.csv", [{"pretraining": row["pretraining"], "strategy": row["strategy"], **case}
                                         for row in rows for case in row["per_case"]], PER_CASE_COLUMNS)

@@ -103,13 +103,19 @@ def write_overlays(folder: Path, rows: list[dict], target: str, roots: Roots, n_
     return paths
 
 
-def case_image_and_reference(raw: Path, case: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first channel and the reference label map of a raw dataset case (test or training), or None."""
+def case_files(raw: Path, case: str) -> tuple[Path, Path] | None:
+    """The first channel file and the reference label map file of a raw dataset case (test or training), or None."""
     image_path = next((p for sub in ("imagesTs", "imagesTr") for p in (raw / sub).glob(f"{case}_0000.*")), None)
     label_path = next((p for sub in ("labelsTs", "labelsTr") for p in (raw / sub).glob(f"{case}.*")), None)
     if image_path is None or label_path is None:
         return None
-    return read_image(image_path)[0], read_image(label_path)[0]
+    return image_path, label_path
+
+
+def case_image_and_reference(raw: Path, case: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first channel and the reference label map of a raw dataset case (test or training), or None."""
+    files = case_files(raw, case)
+    return None if files is None else (read_image(files[0])[0], read_image(files[1])[0])
 
 
 def read_prediction(folder: Path, row: dict, fold: str, case: str) -> np.ndarray | None:

@@ -120,15 +120,17 @@ def untrained_banner(record: dict | None) -> str | None:
 
 
 def report_html(folder: Path, rows: list[dict], target: str, roots: Roots, paired: list[dict],
-                pretraining: list[dict]) -> str:
+                pretraining: list[dict], burden: str = "") -> str:
     """The page's HTML, reading the plots the study wrote into ``folder``, its ``study.json`` and the raw target
-    cases."""
+    cases (``burden``: a Markdown section shown after the results)."""
     raw = find_dataset(roots.raw, target)
     record = read_record(folder / RECORD_FILE)
     banner = untrained_banner(record)
     parts = [f"<h1>covtransfer study: {html.escape(target)}</h1>"]
     parts += [f'<p class="banner">{html.escape(banner)}</p>'] if banner else []
     parts.append(markdown_to_html(summary_text(rows, paired, pretraining, (record or {}).get("tolerance_mm"))))
+    if burden:
+        parts.append(markdown_to_html(burden))
     for title, name in (("Convergence", "convergence.png"), ("DSC per test case", "dice_boxplot.png")):
         if (folder / name).is_file():
             parts += [f"<h2>{title}</h2>", _image_tag((folder / name).read_bytes(), title)]
@@ -152,11 +154,11 @@ def report_html(folder: Path, rows: list[dict], target: str, roots: Roots, paire
 
 
 def write_html_report(folder: Path, rows: list[dict], target: str, roots: Roots, paired: list[dict],
-                      pretraining: list[dict]) -> Path:
+                      pretraining: list[dict], burden: str = "") -> Path:
     """Write ``report.html`` into the study folder (atomically) and return its path."""
     import matplotlib
     matplotlib.use("Agg")
 
     path = folder / REPORT_FILE
-    write_text(path, report_html(folder, rows, target, roots, paired, pretraining))
+    write_text(path, report_html(folder, rows, target, roots, paired, pretraining, burden))
     return path

@@ -30,10 +30,11 @@ def _segments(labels: dict[str, int], model_name: str) -> list[hd.seg.SegmentDes
                                       segmented_property_type=codes.SCT.Lesion,
                                       algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                                       algorithm_identification=algorithm)
-            for number, name in enumerate(_foreground(labels), start=1)]
+            for number, name in enumerate(foreground_names(labels), start=1)]
 
 
-def _foreground(labels: dict[str, int]) -> list[str]:
+def foreground_names(labels: dict[str, int]) -> list[str]:
+    """The foreground label names in value order: segment 1, 2 ... of the SEG."""
     return [name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value != 0]
 
 
@@ -41,7 +42,7 @@ def write_dicom_seg(path: str | os.PathLike, segmentation: np.ndarray, series: D
                     model_name: str) -> None:
     """Write the ``(z, y, x)`` label map of ``series`` (z in the series' sorted order) as a DICOM SEG, atomically."""
     segment_of = np.zeros(max(labels.values()) + 1, dtype=np.uint8)
-    for number, name in enumerate(_foreground(labels), start=1):
+    for number, name in enumerate(foreground_names(labels), start=1):
         segment_of[labels[name]] = number
     seg = hd.seg.Segmentation(
         source_images=list(series.headers), pixel_array=segment_of[segmentation],

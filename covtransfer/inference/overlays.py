@@ -1,12 +1,14 @@
 """QC overlays: ``<case>_overlay.png``, a quick look at a prediction on the lung window.
 
 Three axial slices through the largest predicted component (its first, middle and last slice) and one coronal slice
-through its centre, each with the prediction's outline; a case without foreground shows the middle slices.
+through its centre, each with the prediction's outline; a case without foreground shows the middle slices. With
+``--statistics`` the title also gives the case's PO and PHO, total and per lung.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -51,12 +53,41 @@ def overlay_figure(image: np.ndarray, segmentation: np.ndarray, spacing: tuple[f
     return fig
 
 
-def write_overlay(result: "CaseResult", output_folder: Path, case: InputCase) -> None:
-    """The predictor's extra writer for ``--overlays``: ``<case>_overlay.png`` beside the label map."""
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def burden_title(case_id: str, row: dict | None) -> str:
+    """An overlay's title: the case, with its PO and PHO (total, right, left) when its statistics are known."""
+    if not row or row.get("po_total") is None:
+        return case_id
+    return (f"{case_id}   PO {_percent(row['po_total'])} % (R {_percent(row['po_right'])}, "
+            f"L {_percent(row['po_left'])})   PHO {_percent(row['pho_total'])} % (R {_percent(row['pho_right'])}, "
+            f"L {_percent(row['pho_left'])})")
+
+
+def _save_overlay(path: Path, image: np.ndarray, segmentation: np.ndarray, spacing, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    image, geometry = read_image(case.images[0])
-    fig = overlay_figure(image, result.segmentation, geometry.spacing, case.case_id)
-    with atomic_path(output_folder / f"{case.case_id}_overlay.png") as tmp:
+    fig = overlay_figure(image, segmentation, spacing, title)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
+
+
+def write_overlay(result: "CaseResult", output_folder: Path, case: InputCase) -> None:
+    """The predictor's extra writer for ``--overlays``: ``<case>_overlay.png`` beside the label map."""
+    image, geometry = read_image(case.images[0])
+    _save_overlay(output_folder / f"{case.case_id}_overlay.png", image, result.segmentation, geometry.spacing,
+                  case.case_id)
+
+
+def write_burden_overlays(pairs: Sequence[tuple[str, Path, Path]], output_folder: Path, rows: list[dict]) -> None:
+    """``--overlays`` with ``--statistics``: ``<case>_overlay.png`` of every ``(case, image, label map)``, drawn
+    after the statistics so that its title gives the case's PO and PHO."""
+    by_case = {row["case"]: row for row in rows}
+    for case_id, image_path, segmentation_path in pairs:
+        image, geometry = read_image(image_path)
+        segmentation, _ = read_image(segmentation_path)
+        _save_overlay(Path(output_folder) / f"{case_id}_overlay.png", image, segmentation, geometry.spacing,
+                      burden_title(case_id, by_case.get(case_id)))

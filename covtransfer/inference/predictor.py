@@ -30,14 +30,16 @@ from covtransfer.atomic import atomic_path, remove_leftovers
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from covtransfer.evaluation.quantify import quantify_cases, refuse_raw_folder
 from covtransfer.inference.case_result import CaseResult, CaseWriter
 from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
 from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
+from covtransfer.inference.dicom_sr import write_burden_srs
 from covtransfer.inference.export import (labels_from_probabilities, probabilities_to_original, save_segmentation,
                                           segmentation_to_original)
 from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
 from covtransfer.inference.model_loading import LoadedModel, load_models
-from covtransfer.inference.overlays import write_overlay
+from covtransfer.inference.overlays import write_burden_overlays, write_overlay
 from covtransfer.inference.sliding_window import Forward, predict_sliding_window
 from covtransfer.network.build import unwrap_network
 from covtransfer.plans import Configuration, Plans
@@ -334,17 +336,32 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
                    step: float = DEFAULT_STEP, save_probabilities: bool = False, postprocess: bool = False,
                    skip_existing: bool = False, progress: bool = True, dicom_seg: bool = False,
                    overlays: bool = False, cpu_runtime: bool = True,
-                   allow_spacing: bool = False) -> list[Path]:
+                   allow_spacing: bool = False, statistics: bool = False) -> list[Path]:
     """Predict every case under ``input_path`` with the ensemble of ``checkpoints`` into ``output_folder``
     (with ``dicom_seg`` also a DICOM SEG per DICOM series, with ``overlays`` a QC picture per case;
     ``cpu_runtime``: OpenVINO on the CPU when installed, see :mod:`covtransfer.inference.cpu_runtime`;
-    ``allow_spacing``: an implausible spacing or extent warns instead of refusing)."""
+    ``allow_spacing``: an implausible spacing or extent warns instead of refusing; ``statistics``: then the burden
+    statistics of every case, see :mod:`covtransfer.evaluation.quantify`)."""
     cases = discover_cases(input_path)
     if dicom_seg:
         check_dicom_input(cases)
+    if statistics:
+        refuse_raw_folder(output_folder)
     device = resolve_device(device)
     models = load_models(checkpoints, device)
     rules = find_postprocessing(models) if postprocess else None
-    writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + ([write_overlay] if overlays else [])
+    # with statistics the overlays are drawn after them, to show PO and PHO
+    writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + \
+        ([write_overlay] if overlays and not statistics else [])
     predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers, cpu_runtime)
-    return predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
+    written = predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
+    if statistics:
+        pairs = [(case.case_id, case.images[0], Path(output_folder) / case.output_name()) for case in cases]
+        rows, problems = quantify_cases(pairs, output_folder, dict(models[0].plans.labels))
+        for problem in problems:
+            print(f"warning: no statistics: {problem}", file=sys.stderr)
+        if overlays:
+            write_burden_overlays(pairs, Path(output_folder), rows)
+        if dicom_seg:
+            write_burden_srs(cases, Path(output_folder), rows, dict(models[0].plans.labels))
+    return written
