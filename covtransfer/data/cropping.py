@@ -32,6 +32,11 @@ def bounding_box(mask: np.ndarray) -> list[list[int]]:
     return box
 
 
+def box_slices(mask: np.ndarray) -> tuple[slice, ...]:
+    """The index box of a mask's True voxels as slices (the whole array when it has none)."""
+    return tuple(slice(start, stop) for start, stop in bounding_box(mask))
+
+
 def crop_to_box(array: np.ndarray, box: list[list[int]]) -> np.ndarray:
     """Crop the last ``len(box)`` axes of ``array`` to ``box``."""
     lead = (slice(None),) * (array.ndim - len(box))

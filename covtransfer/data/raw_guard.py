@@ -38,7 +38,7 @@ def refuse_raw_dataset(path: str | os.PathLike, option: str, raw_root: str | os.
     """Raise a one-line error when the output ``path`` (given with ``option``) lies inside a raw dataset folder."""
     dataset = raw_dataset_containing(path, raw_root)
     if dataset is not None:
-        raise CovtransferError(f"{path}: inside the raw dataset {dataset}; nothing is ever written into one "
+        raise CovtransferError(f"{path}: inside the raw dataset folder {dataset}; nothing is ever written into one "
                                f"(give {option} a path outside it); nothing written")
 
 

@@ -15,9 +15,10 @@ from typing import Iterable
 import numpy as np
 from scipy import ndimage
 
+from covtransfer.data.cropping import box_slices
 from covtransfer.data.geometry import Geometry
 from covtransfer.errors import CovtransferError
-from covtransfer.evaluation.lung_mask import box_of, hu_lung_mask
+from covtransfer.evaluation.lung_mask import hu_lung_mask
 from covtransfer.evaluation.patient_sides import split_sides
 
 HIGH_OPACITY_HU = -200.0
@@ -47,12 +48,18 @@ def _percent(part: int, whole: int) -> float | None:
     return 100.0 * part / whole if whole else None
 
 
+def _burden(n_lung: int, n_lesion: int, n_high: int, voxel_ml: float) -> dict:
+    """Lung, lesion and high-opacity volumes (mL), PO and PHO of one lung or both, from voxel counts."""
+    return {"lung_ml": n_lung * voxel_ml, "lesion_ml": n_lesion * voxel_ml, "high_opacity_ml": n_high * voxel_ml,
+            "po": _percent(n_lesion, n_lung), "pho": _percent(n_high, n_lung)}
+
+
 def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> tuple[int, list[dict]]:
     """The number of connected lesion components (26-connected) and the largest :data:`LISTED_LESIONS` of them,
     largest first: volume (mL) and mean HU."""
     if not lesion.any():
         return 0, []
-    box = box_of(lesion)
+    box = box_slices(lesion)
     components, count = ndimage.label(lesion[box], structure=np.ones((3, 3, 3), dtype=bool))
     inside = lesion[box]
     ids = components[inside]
@@ -94,18 +101,12 @@ def case_statistics(image: np.ndarray, segmentation: np.ndarray, geometry: Geome
                    "voxel_volume_ml": voxel_ml,
                    "label_volumes_ml": {name: counts[v] * voxel_ml
                                         for name, v in sorted(labels.items(), key=lambda item: item[1]) if v != 0}}
-    totals = {"lung": 0, "lesion": 0, "high": 0}
-    for side, mask in zip(SIDES, split_sides(lung, geometry)):
-        n_lung, n_lesion, n_high = (np.count_nonzero(m) for m in (mask, lesion & mask, high & mask))
-        po = _percent(n_lesion, n_lung)
-        stats[side] = {"lung_ml": n_lung * voxel_ml, "lesion_ml": n_lesion * voxel_ml,
-                       "high_opacity_ml": n_high * voxel_ml, "po": po, "pho": _percent(n_high, n_lung),
-                       "grade": severity_grade(po)}
-        for key, n in zip(totals, (n_lung, n_lesion, n_high)):
-            totals[key] += n
-    stats["total"] = {"lung_ml": totals["lung"] * voxel_ml, "lesion_ml": totals["lesion"] * voxel_ml,
-                      "high_opacity_ml": totals["high"] * voxel_ml, "po": _percent(totals["lesion"], totals["lung"]),
-                      "pho": _percent(totals["high"], totals["lung"])}
+    sides = [tuple(np.count_nonzero(m) for m in (mask, lesion & mask, high & mask))
+             for mask in split_sides(lung, geometry)]
+    for side, side_counts in zip(SIDES, sides):
+        stats[side] = _burden(*side_counts, voxel_ml)
+        stats[side]["grade"] = severity_grade(stats[side]["po"])
+    stats["total"] = _burden(*(sum(side) for side in zip(*sides)), voxel_ml)  # the sides split the lung
     stats["lesion_count"], stats["lesions"] = _lesions(image, lesion, voxel_ml)
     stats["lesion_mean_hu"] = float(image[lesion].mean()) if stats["lesion_count"] else None
     return stats

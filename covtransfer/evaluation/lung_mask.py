@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from covtransfer.data.cropping import bounding_box
+from covtransfer.data.cropping import box_slices
 from covtransfer.data.geometry import Geometry
 from covtransfer.evaluation.patient_sides import craniocaudal_axis, superior_end
 
@@ -41,11 +41,6 @@ def _components_touching(mask: np.ndarray, faces: list[tuple]) -> np.ndarray:
         chosen[components[face]] = True
     chosen[0] = False
     return chosen[components]
-
-
-def box_of(mask: np.ndarray) -> tuple[slice, ...]:
-    """The index box of a mask's True voxels (the whole array when it has none)."""
-    return tuple(slice(start, stop) for start, stop in bounding_box(mask))
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -74,7 +69,7 @@ def airway_mask(image: np.ndarray, inside: np.ndarray, geometry: Geometry) -> np
     size = np.count_nonzero(grown)
     if size == 0 or size > MAX_AIRWAY_SHARE * np.count_nonzero(inside):
         return np.zeros_like(inside)
-    box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box_of(grown))
+    box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box_slices(grown))
     grown[box] = ndimage.binary_dilation(grown[box], structure=np.ones((3, 3, 3), dtype=bool))
     return grown & inside
 
@@ -87,8 +82,8 @@ def hu_lung_mask(image: np.ndarray, geometry: Geometry, lesion: np.ndarray | Non
     if not air.any():
         return lung
     inside = air | lesion if lesion is not None else air
-    box = box_of(inside)  # with the lesion, which can reach beyond the air (a lung base filled with fluid)
-    air_box = box_of(air)
+    box = box_slices(inside)  # with the lesion, which can reach beyond the air (a lung base filled with fluid)
+    air_box = box_slices(air)
     airway = np.zeros_like(air)
     airway[air_box] = airway_mask(image[air_box], air[air_box], geometry)
     airway = airway[box]

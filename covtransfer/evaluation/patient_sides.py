@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from covtransfer.data.cropping import bounding_box
+from covtransfer.data.cropping import box_slices
 from covtransfer.data.geometry import Geometry
 
 _X, _Z = 0, 2  # patient axes in ITK (x, y, z) order
@@ -74,7 +74,7 @@ def split_sides(lung: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.nd
     if not lung.any():
         return right, left
     midline = float(patient_point(_mean_index(lung), geometry)[_X])
-    outer = tuple(slice(start, stop) for start, stop in bounding_box(lung))
+    outer = box_slices(lung)
     components, _ = ndimage.label(lung[outer])
     for index, inner in enumerate(ndimage.find_objects(components), start=1):
         box = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))

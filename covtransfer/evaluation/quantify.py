@@ -16,21 +16,22 @@ from typing import Sequence
 from covtransfer.atomic import atomic_path, write_json
 from covtransfer.data.dataset_json import load_dataset_json
 from covtransfer.data.image_io import read_image
+from covtransfer.data.raw_guard import RAW_SUBFOLDERS, refuse_raw_dataset
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.burden import CSV_COLUMNS, case_statistics, csv_row, lung_label_values
 from covtransfer.evaluation.evaluate import as_labels, json_safe, list_images, present_labels
 
 STATISTICS_CSV = "statistics.csv"
 STATISTICS_SUFFIX = ".statistics.json"
-RAW_SUBFOLDERS = ("imagesTr", "imagesTs", "labelsTr", "labelsTs")
 
 
 def refuse_raw_folder(folder: str | os.PathLike) -> None:
-    """Refuse an output folder that is a raw dataset folder or one of its image/label folders."""
-    folder = Path(folder).resolve()
-    is_root = (folder / "dataset.json").is_file() and any((folder / sub).is_dir() for sub in RAW_SUBFOLDERS)
-    if folder.name in RAW_SUBFOLDERS or is_root:
-        raise CovtransferError(f"{folder}: a raw dataset folder; write the statistics to another folder")
+    """Refuse an output folder inside a raw dataset (:mod:`covtransfer.data.raw_guard`), and any folder named like a
+    raw dataset's image or label folder."""
+    if Path(folder).resolve().name in RAW_SUBFOLDERS:
+        raise CovtransferError(f"{folder}: named like a raw dataset folder's {Path(folder).resolve().name}; write the "
+                               "statistics to another folder")
+    refuse_raw_dataset(folder, "-o")
 
 
 def segmentation_labels(folder: str | os.PathLike) -> dict[str, int] | None:

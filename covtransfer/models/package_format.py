@@ -120,6 +120,20 @@ def read_manifest(path: str | os.PathLike) -> dict:
         return _parse_manifest(path, archive)
 
 
+def read_verified(path: str | os.PathLike, member: str) -> tuple[bytes, dict]:
+    """One member of a package, checked against its sha256 in the manifest, and the manifest."""
+    path = Path(path)
+    with _open_zip(path) as archive:
+        manifest = _parse_manifest(path, archive)
+        try:
+            data = archive.read(member)
+        except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+            raise CovtransferError(f"{path}: {member} is damaged ({exc})") from None
+    if hashlib.sha256(data).hexdigest() != manifest["files"][member]:
+        raise CovtransferError(f"{path}: {member} does not match its sha256 in the manifest (damaged or altered)")
+    return data, manifest
+
+
 def unpack_package(path: str | os.PathLike, folder: str | os.PathLike) -> dict:
     """Unpack a package into the existing empty ``folder``, checking every member's sha256 on the way; returns the
     manifest. The caller removes ``folder`` when this raises."""

@@ -5,17 +5,15 @@ is used) or an installed package (``<results>/models/<name>/``), for ``predict -
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from covtransfer.errors import CovtransferError
 from covtransfer.inference.model_loading import checkpoint_paths
-from covtransfer.models.package_format import MANIFEST, MODELS_FOLDER, NAME, fold_member, read_manifest, \
+from covtransfer.models.package_format import MANIFEST, MODELS_FOLDER, NAME, fold_member, read_verified, \
     unpack_package
 
 
@@ -70,14 +68,7 @@ def package_plans(package: Path) -> tuple[dict, dict]:
     """A package's plans and manifest, read without unpacking its weights (the plans' sha256 checked)."""
     if package.is_dir():
         return json.loads((package / "plans.json").read_text()), _installed_manifest(package)
-    manifest = read_manifest(package)
-    try:
-        with zipfile.ZipFile(package) as archive:
-            data = archive.read("plans.json")
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CovtransferError(f"{package}: plans.json is damaged ({exc})") from None
-    if hashlib.sha256(data).hexdigest() != manifest["files"]["plans.json"]:
-        raise CovtransferError(f"{package}: plans.json does not match its sha256 in the manifest (damaged or altered)")
+    data, manifest = read_verified(package, "plans.json")
     return json.loads(data), manifest
 
 
