@@ -49,8 +49,8 @@ from covtransfer.training import ENGINE_VERSION
 from covtransfer.training.api import read_metrics
 from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from learning_report import plot_curves, summarise
-from learning_runs import ARMS, RESULTS, Run, commit_file, estimated_minutes, is_stale, load_records, make_record, \
-    write_record
+from learning_runs import ARMS, RESULTS, Run, commit_file, estimated_minutes, git_commit, is_stale, load_records, \
+    make_record, write_record
 
 HERE = Path(__file__).resolve().parent
 NNUNET_ENGINE = "nnunetv2 2.8.1"
@@ -159,6 +159,7 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
     for leftover in (folder, bench.roots.results / dataset.name / f"scratch__{tag}"):  # of an unfinished attempt
         shutil.rmtree(leftover, ignore_errors=True)
     folder.mkdir(parents=True)
+    commit = git_commit()
     started = time.perf_counter()
     predictions = folder / "predictions"
     if run.tool == "covtransfer":
@@ -181,7 +182,8 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
         curve, engine = json.loads((model / "curve.json").read_text())["ema_dice"], NNUNET_ENGINE
     predicted = time.perf_counter()
     cases = score(dataset / "labelsTs", predictions)
-    record = make_record(run, cases, curve, time.perf_counter() - started, bench.protocol, engine)
+    record = make_record(run, cases, curve, time.perf_counter() - started, bench.protocol, engine,
+                         commit)
     record["phases_s"] = {"train": round(trained - started, 1), "predict": round(predicted - trained, 1),
                           "score": round(time.perf_counter() - predicted, 1)}
     if bench.nnunet_python is not None:

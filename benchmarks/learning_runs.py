@@ -62,10 +62,11 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def make_record(run: Run, cases: dict, curve: list, wall_s: float, protocol: dict, engine: str) -> dict:
-    """The content of a run file."""
+def make_record(run: Run, cases: dict, curve: list, wall_s: float, protocol: dict, engine: str,
+                commit: str) -> dict:
+    """The content of a run file; ``commit`` is the checkout the run started from (``git_commit()``)."""
     return {"run": asdict(run), "cases": cases, "curve": curve, "takeoff_epoch": takeoff_epoch(curve),
-            "wall_s": round(wall_s, 1), "commit": git_commit(), "engine": engine, "protocol": protocol,
+            "wall_s": round(wall_s, 1), "commit": commit, "engine": engine, "protocol": protocol,
             "machine": f"{platform.machine()} {os.cpu_count()} cores", "finished": time.strftime("%Y-%m-%d %H:%M")}
 
 

@@ -22,7 +22,7 @@ def record(arm: str, seed: int, dice: dict[str, float], curve: list, kind: str =
     tool, init = arm.split("_")
     run = Run(tool, init, kind, seed)
     cases = {case: {"dice": value, "nsd": value / 2} for case, value in dice.items()}
-    return run, make_record(run, cases, curve, wall_s, PROTOCOL, engine)
+    return run, make_record(run, cases, curve, wall_s, PROTOCOL, engine, "abc123")
 
 
 def row(report: str, *starts: str) -> str:
