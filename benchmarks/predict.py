@@ -44,6 +44,7 @@ from covtransfer.network.build import build_network  # noqa: E402
 from covtransfer.network.checkpoint import Checkpoint  # noqa: E402
 from covtransfer.network.checkpoint_io import save_checkpoint  # noqa: E402
 from covtransfer.plans import ChannelNormalization, Configuration, Plans  # noqa: E402
+from predict_nnunet import nnunet_model_folder, nnunet_predict_command, nnunet_run  # noqa: E402
 
 TOPOLOGIES = {
     "reference": {"patch": [56, 160, 192], "features": [32, 64, 128, 256, 320, 320],
@@ -226,89 +227,9 @@ def breakdown(case: Path, checkpoint: Path, device: str, tta: bool, output: Path
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in times.items()}
 
 
-NNUNET_SETUP = r'''
-import json, sys, torch
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-plans, dataset, folder = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
-arch = plans["configurations"]["3d_fullres"]["architecture"]
-torch.manual_seed(0)
-net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 2,
-                             deep_supervision=False)
-torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
-            "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1,
-            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset}},
-           folder + "/fold_0/checkpoint_final.pth")
-'''
-
-
-def nnunet_model_folder(folder: Path, python: Path, topology: str) -> Path:
-    """An nnU-Net v2 model folder with the same topology and random weights (built by ``python``, which imports
-    nnunetv2)."""
-    model = folder / f"nnunet_model_{topology}"
-    (model / "fold_0").mkdir(parents=True, exist_ok=True)
-    spec = TOPOLOGIES[topology]
-    n = len(spec["features"])
-    spacing = spec.get("spacing", SPACING)
-    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
-                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                         "force_separate_z": None}}
-    plans = {
-        "dataset_name": TASK, "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
-        "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": [176, 335, 335],
-        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {
-            "max": 2000.0, "mean": CT["mean"], "median": CT["mean"], "min": -1024.0,
-            "percentile_00_5": CT["lower"], "percentile_99_5": CT["upper"], "std": CT["std"]}},
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": spec["patch"], "median_image_size_in_voxels": [176, 335, 335],
-            "spacing": spacing, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            **resampling, "batch_dice": False,
-            "architecture": {
-                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                "arch_kwargs": {
-                    "n_stages": n, "features_per_stage": spec["features"], "conv_op": "torch.nn.modules.conv.Conv3d",
-                    "kernel_sizes": [[3, 3, 3]] * n, "strides": spec["strides"], "n_conv_per_stage": [2] * n,
-                    "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
-                    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                    "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}}}
-    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 1,
-               "file_ending": ".nii.gz"}
-    (model / "plans.json").write_text(json.dumps(plans, indent=1))
-    (model / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    script = folder / "nnunet_setup.py"
-    script.write_text(NNUNET_SETUP)
-    subprocess.run([str(python), str(script), str(model / "plans.json"),
-                    str(model / "dataset.json"), str(model)], check=True)
-    return model
-
-
-# nnU-Net's console script, for an interpreter that imports nnunetv2 but has no scripts installed (a .sitepack)
-NNUNET_PREDICT = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder "
-                  "as f; sys.argv[0] = 'nnUNetv2_predict_from_modelfolder'; sys.exit(f())")
-
-
-def nnunet_predict_command(venv: Path | None, python: Path | None) -> list[str] | None:
-    """How to start nnU-Net's prediction: the venv's console script, else ``python -c``; None if neither is there."""
-    if python is not None:
-        return [str(python), "-c", NNUNET_PREDICT]
-    if venv is not None and (venv / "bin" / "nnUNetv2_predict_from_modelfolder").exists():
-        return [str(venv / "bin" / "nnUNetv2_predict_from_modelfolder")]
-    return None
-
-
 def run_nnunet(predict: list[str], images: Path, model: Path, output: Path, device: str, tta: bool) -> dict:
     shutil.rmtree(output, ignore_errors=True)
-    command = predict + ["-i", str(images), "-o", str(output),
-                         "-m", str(model), "-f", "0", "-device", device] + ([] if tta else ["--disable_tta"])
-    env = dict(os.environ, nnUNet_raw=str(output), nnUNet_preprocessed=str(output), nnUNet_results=str(output))
+    command, env = nnunet_run(predict, images, model, output, device, tta)
     return timed_process(command, device == "cuda", env)
 
 
@@ -399,7 +320,8 @@ def main() -> None:
             if "nnunetv2" in args.tools and nnunet_predict is None and (args.nnunet_venv or args.nnunet_python):
                 print(f"nnunetv2: no nnUNetv2_predict_from_modelfolder in {args.nnunet_venv}; skipped", flush=True)
             if nnunet_predict and "nnunetv2" in args.tools:
-                model = nnunet_model_folder(work, nnunet_python, topology)
+                model = nnunet_model_folder(work, nnunet_python, topology, TOPOLOGIES[topology],
+                                            TOPOLOGIES[topology].get("spacing", SPACING), CT, TASK)
                 for tta in tta_settings:
                     row = {"tool": "nnunetv2", "device": device, "topology": topology, "mirroring": tta,
                            **run_nnunet(nnunet_predict, case.parent, model, work / "nnunet_out", device, tta)}
