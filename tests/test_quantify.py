@@ -18,6 +18,7 @@ from covtransfer.cli.common import run_cli
 from covtransfer.cli.predict import main as predict_main
 from covtransfer.data.image_io import Geometry, read_image, write_image
 from covtransfer.datasets.synthetic import case_rng, generate_case, make_synthetic_dataset
+from covtransfer.evaluation import quantify as quantify_module
 from covtransfer.evaluation.quantify import STATISTICS_CSV
 from covtransfer.data.dicom_io import find_series
 from covtransfer.inference import overlays
@@ -127,6 +128,32 @@ def test_predict_statistics_equal_quantify_on_its_output(dataset, tmp_path):
     measured = json.loads((again / "covid_000.statistics.json").read_text())
     for key in ("right", "left", "total", "lesion_count", "lung_source"):
         assert measured[key] == predicted[key]
+
+
+def test_statistics_with_continue_measure_the_skipped_cases_from_their_files(dataset, tmp_path, monkeypatch):
+    checkpoint = save_checkpoint(tmp_path / "model" / "fold_0", make_plans(spacing=(6.0, 5.0, 5.0),
+                                                                           patch=(16, 32, 32)))
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    shutil.copy(dataset / "imagesTr" / "covid_000_0000.nii.gz", images)
+    assert predict_main(["-i", str(images), "-o", str(out), "-m", str(checkpoint), "--quiet"]) == 0
+    shutil.copy(dataset / "imagesTr" / "covid_001_0000.nii.gz", images)
+    reads = []
+    monkeypatch.setattr(quantify_module, "read_image", lambda path: reads.append(Path(path).name) or read_image(path))
+    assert predict_main(["-i", str(images), "-o", str(out), "-m", str(checkpoint), "--statistics", "--continue",
+                         "--quiet"]) == 0
+    assert reads == ["covid_000_0000.nii.gz", "covid_000.nii.gz"]  # only the skipped case is read back
+    rows = _rows(out)
+    assert [row["case"] for row in rows] == ["covid_000", "covid_001"] and all(row["po_total"] for row in rows)
+    for case in ("covid_000", "covid_001"):
+        again = tmp_path / f"again_{case}"
+        single = tmp_path / f"single_{case}"
+        single.mkdir()
+        shutil.copy(out / f"{case}.nii.gz", single)
+        assert quantify.main(["-i", str(images), "-s", str(single), "-o", str(again)]) == 0
+        measured = json.loads((again / f"{case}.statistics.json").read_text())
+        predicted = json.loads((out / f"{case}.statistics.json").read_text())
+        assert measured["total"] == predicted["total"] and measured["lesions"] == predicted["lesions"]
 
 
 def test_overlays_with_statistics_show_po_and_pho(dataset, tmp_path, monkeypatch):

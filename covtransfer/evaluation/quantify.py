@@ -13,8 +13,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from covtransfer.atomic import atomic_path, write_json
 from covtransfer.data.dataset_json import load_dataset_json
+from covtransfer.data.geometry import Geometry
 from covtransfer.data.image_io import read_image
 from covtransfer.data.raw_guard import RAW_SUBFOLDERS, refuse_raw_dataset
 from covtransfer.errors import CovtransferError
@@ -42,12 +45,21 @@ def segmentation_labels(folder: str | os.PathLike) -> dict[str, int] | None:
     return None
 
 
-def measure_case(image_path: Path, segmentation_path: Path, labels: dict[str, int] | None,
-                 lung_values: Sequence[int] | None) -> dict:
-    """The statistics of one segmentation on its CT; an error naming both files when their grids differ.
+def measure(image: np.ndarray, geometry: Geometry, segmentation: np.ndarray, labels: dict[str, int] | None,
+            lung_values: Sequence[int] | None, source: str) -> dict:
+    """The statistics of a label map on its CT, both in memory; errors name ``source``.
 
     ``labels`` None names every value present ``label_<value>``; ``lung_values`` None takes the labels named lung.
     """
+    if labels is None:
+        labels = {f"label_{value}": value for value in sorted(present_labels(segmentation))}
+    lungs = lung_label_values(labels) if lung_values is None else list(lung_values)
+    return case_statistics(image, segmentation, geometry, {"background": 0, **labels}, lungs, source=source)
+
+
+def measure_case(image_path: Path, segmentation_path: Path, labels: dict[str, int] | None,
+                 lung_values: Sequence[int] | None) -> dict:
+    """:func:`measure` of a segmentation file on its CT file; an error naming both files when their grids differ."""
     image, geometry = read_image(image_path)
     segmentation, seg_geometry = read_image(segmentation_path)
     fields = (["shape"] if segmentation.shape != image.shape else []) + geometry.mismatches(seg_geometry)
@@ -55,12 +67,28 @@ def measure_case(image_path: Path, segmentation_path: Path, labels: dict[str, in
         raise CovtransferError(f"{segmentation_path}: {', '.join(fields)} differ(s) from the image {image_path}; "
                                "a segmentation must lie on its image's grid")
     segmentation = as_labels(segmentation, segmentation_path)
-    if labels is None:
-        labels = {f"label_{value}": value for value in sorted(present_labels(segmentation))}
-    lungs = lung_label_values(labels) if lung_values is None else list(lung_values)
-    stats = case_statistics(image, segmentation, geometry, {"background": 0, **labels}, lungs,
-                            source=str(segmentation_path))
+    stats = measure(image, geometry, segmentation, labels, lung_values, str(segmentation_path))
     return {"image": str(image_path), "segmentation": str(segmentation_path), **stats}
+
+
+def record_case(output_folder: Path, case_id: str, stats: dict) -> dict:
+    """Write ``<case>.statistics.json`` atomically; returns the case's ``statistics.csv`` row."""
+    write_json(output_folder / f"{case_id}{STATISTICS_SUFFIX}", json_safe({"case": case_id, **stats}))
+    return csv_row(case_id, stats)
+
+
+def quantify_case(case_id: str, image_path: Path | None, segmentation_path: Path, output_folder: Path,
+                  labels: dict[str, int] | None = None,
+                  lung_values: Sequence[int] | None = None) -> tuple[dict, str | None]:
+    """Measure and record one case; returns its CSV row and, when it cannot be measured, the one-line problem
+    (then the row holds only the ``error``)."""
+    try:
+        if image_path is None:
+            raise CovtransferError(f"{segmentation_path}: no image of case {case_id!r} among the inputs")
+        stats = measure_case(image_path, segmentation_path, labels, lung_values)
+    except CovtransferError as exc:
+        return {"case": case_id, "error": str(exc)}, str(exc)
+    return record_case(output_folder, case_id, stats), None
 
 
 def _cell(value) -> object:
@@ -91,16 +119,9 @@ def quantify_cases(pairs: Sequence[tuple[str, Path | None, Path]], output_folder
     refuse_raw_folder(output_folder)
     rows, problems = [], []
     for case_id, image_path, segmentation_path in pairs:
-        try:
-            if image_path is None:
-                raise CovtransferError(f"{segmentation_path}: no image of case {case_id!r} among the inputs")
-            stats = measure_case(image_path, segmentation_path, labels, lung_values)
-        except CovtransferError as exc:
-            problems.append(str(exc))
-            rows.append({"case": case_id, "error": str(exc)})
-            continue
-        write_json(output_folder / f"{case_id}{STATISTICS_SUFFIX}", json_safe({"case": case_id, **stats}))
-        rows.append(csv_row(case_id, stats))
+        row, problem = quantify_case(case_id, image_path, segmentation_path, output_folder, labels, lung_values)
+        rows.append(row)
+        problems += [problem] if problem else []
     write_statistics_csv(output_folder / STATISTICS_CSV, rows)
     return rows, problems
 

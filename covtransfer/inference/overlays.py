@@ -8,8 +8,6 @@ through its centre, each with the prediction's outline; a case without foregroun
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 from scipy import ndimage
 
@@ -66,7 +64,8 @@ def burden_title(case_id: str, row: dict | None) -> str:
             f"L {_percent(row['pho_left'])})")
 
 
-def _save_overlay(path: Path, image: np.ndarray, segmentation: np.ndarray, spacing, title: str) -> None:
+def save_overlay(path: Path, image: np.ndarray, segmentation: np.ndarray, spacing, title: str) -> None:
+    """Draw :func:`overlay_figure` and write it as a PNG atomically."""
     import matplotlib.pyplot as plt
 
     fig = overlay_figure(image, segmentation, spacing, title)
@@ -78,16 +77,5 @@ def _save_overlay(path: Path, image: np.ndarray, segmentation: np.ndarray, spaci
 def write_overlay(result: "CaseResult", output_folder: Path, case: InputCase) -> None:
     """The predictor's extra writer for ``--overlays``: ``<case>_overlay.png`` beside the label map."""
     image, geometry = read_image(case.images[0])
-    _save_overlay(output_folder / f"{case.case_id}_overlay.png", image, result.segmentation, geometry.spacing,
-                  case.case_id)
-
-
-def write_burden_overlays(pairs: Sequence[tuple[str, Path, Path]], output_folder: Path, rows: list[dict]) -> None:
-    """``--overlays`` with ``--statistics``: ``<case>_overlay.png`` of every ``(case, image, label map)``, drawn
-    after the statistics so that its title gives the case's PO and PHO."""
-    by_case = {row["case"]: row for row in rows}
-    for case_id, image_path, segmentation_path in pairs:
-        image, geometry = read_image(image_path)
-        segmentation, _ = read_image(segmentation_path)
-        _save_overlay(Path(output_folder) / f"{case_id}_overlay.png", image, segmentation, geometry.spacing,
-                      burden_title(case_id, by_case.get(case_id)))
+    save_overlay(output_folder / f"{case.case_id}_overlay.png", image, result.segmentation, geometry.spacing,
+                 case.case_id)

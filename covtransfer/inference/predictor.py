@@ -30,7 +30,7 @@ from covtransfer.atomic import atomic_path, remove_leftovers
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
 from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
-from covtransfer.evaluation.quantify import quantify_cases, refuse_raw_folder
+from covtransfer.evaluation.quantify import refuse_raw_folder
 from covtransfer.inference.case_result import CaseResult, CaseWriter
 from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
 from covtransfer.inference.dicom_seg import DicomSegWriter, check_dicom_input
@@ -39,8 +39,9 @@ from covtransfer.inference.export import (labels_from_probabilities, probabiliti
                                           segmentation_to_original)
 from covtransfer.inference.inputs import InputCase, check_cases, discover_cases, input_folders
 from covtransfer.inference.model_loading import LoadedModel, load_models
-from covtransfer.inference.overlays import write_burden_overlays, write_overlay
+from covtransfer.inference.overlays import write_overlay
 from covtransfer.inference.sliding_window import Forward, predict_sliding_window
+from covtransfer.inference.statistics_writer import StatisticsWriter
 from covtransfer.network.build import unwrap_network
 from covtransfer.plans import Configuration, Plans
 from covtransfer.preprocessing.preprocessor import CasePreprocessor
@@ -350,18 +351,14 @@ def predict_folder(input_path: str | os.PathLike, output_folder: str | os.PathLi
     device = resolve_device(device)
     models = load_models(checkpoints, device)
     rules = find_postprocessing(models) if postprocess else None
-    # with statistics the overlays are drawn after them, to show PO and PHO
+    # with statistics the overlays are drawn by the statistics writer, to show PO and PHO
+    burden = StatisticsWriter(dict(models[0].plans.labels), overlays) if statistics else None
     writers = ([DicomSegWriter(models[0])] if dicom_seg else []) + \
-        ([write_overlay] if overlays and not statistics else [])
+        ([write_overlay] if overlays and not statistics else []) + ([burden] if burden else [])
     predictor = Predictor(models, device, tta, step, save_probabilities, rules, writers, cpu_runtime)
     written = predictor.predict_cases(cases, output_folder, skip_existing, progress, allow_spacing)
-    if statistics:
-        pairs = [(case.case_id, case.images[0], Path(output_folder) / case.output_name()) for case in cases]
-        rows, problems = quantify_cases(pairs, output_folder, dict(models[0].plans.labels))
-        for problem in problems:
-            print(f"warning: no statistics: {problem}", file=sys.stderr)
-        if overlays:
-            write_burden_overlays(pairs, Path(output_folder), rows)
+    if burden:
+        rows = burden.finish(cases, Path(output_folder))
         if dicom_seg:
             write_burden_srs(cases, Path(output_folder), rows, dict(models[0].plans.labels))
     return written
