@@ -18,7 +18,7 @@ from covtransfer.cli import evaluate, plan_and_preprocess, predict, verify
 from covtransfer.cli.common import run_cli
 from covtransfer.data.image_io import Geometry, read_image, write_image
 from covtransfer.plans import ChannelNormalization
-from test_inference import make_plans, save_checkpoint
+from tiny_models import make_plans, save_checkpoint
 from tiny_data import write_raw_dataset
 
 SHAPE = (12, 24, 24)

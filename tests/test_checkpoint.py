@@ -15,7 +15,7 @@ from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.training.checkpoint import newest_checkpoint
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
-from test_inference import make_plans
+from tiny_models import make_plans
 
 TASK = "Dataset001_Test"
 # the keys of a checkpoint_final.pt written by the trainer of commit fed23da (version 1), read from a real file

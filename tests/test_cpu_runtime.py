@@ -11,7 +11,7 @@ from covtransfer.data.image_io import read_image
 from covtransfer.inference.cpu_runtime import CPU_RUNTIME_ENV, export_onnx, runtime_available, use_cpu_runtime
 from covtransfer.inference.model_loading import load_model
 from covtransfer.inference.predictor import FAST_STEP, compiled_forwards, ensemble_probabilities
-from test_inference import make_plans, save_checkpoint, write_case
+from tiny_models import make_plans, save_checkpoint, write_case
 
 needs_runtime = pytest.mark.skipif(not runtime_available(), reason="the cpu-fast extra (openvino) is not installed")
 

@@ -15,7 +15,7 @@ from covtransfer.cli.predict import main
 from covtransfer.data.dicom_io import find_series, read_series, series_geometry
 from covtransfer.data.image_io import Geometry, read_image, write_image
 from dicom_series import write_ct_series
-from test_inference import FLIPPED, body_image, make_plans, save_checkpoint
+from tiny_models import FLIPPED, body_image, make_plans, save_checkpoint
 
 GEOMETRY = Geometry((2.0, 0.8, 0.9), (10.0, -20.0, 5.5), FLIPPED)
 

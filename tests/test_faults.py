@@ -27,7 +27,7 @@ from covtransfer.training import run_lock
 from covtransfer.training.checkpoint import LATEST, PREVIOUS, newest_checkpoint
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
-from test_inference import make_plans
+from tiny_models import make_plans
 
 TASK = "Dataset001_Test"
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

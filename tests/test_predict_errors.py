@@ -6,7 +6,7 @@ import pytest
 
 from covtransfer.cli import predict
 from covtransfer.cli.common import run_cli
-from test_inference import make_plans, save_checkpoint, write_case
+from tiny_models import make_plans, save_checkpoint, write_case
 
 
 @pytest.fixture

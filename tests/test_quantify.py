@@ -25,7 +25,7 @@ from covtransfer.inference import overlays
 from covtransfer.inference.dicom_seg import write_dicom_seg
 from covtransfer.inference.dicom_sr import write_burden_sr
 from dicom_series import write_ct_series
-from test_inference import make_plans, save_checkpoint
+from tiny_models import make_plans, save_checkpoint
 
 
 @pytest.fixture(scope="module")
