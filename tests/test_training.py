@@ -1,12 +1,11 @@
-"""The training engine on tiny blob datasets (cpu preset): splits, a run whose loss falls, its outputs and
-checkpoints, exact resumption after a SIGKILL, refusals that leave nothing behind, NaN handling, and the CLI."""
+"""The training engine on tiny blob datasets (cpu preset): a run whose loss falls, its outputs and checkpoints,
+exact resumption after a SIGKILL, precision and compile options, and the CLI (splits: ``test_splits.py``; refusals
+and faults: ``test_training_faults.py``)."""
 
 import json
 import math
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,9 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from covtransfer.cli.common import run_cli
 from covtransfer.cli.train import main
-from covtransfer.config import Roots
 from covtransfer.data.image_io import read_image
 from covtransfer.errors import CovtransferError
 from covtransfer.network.build import build_from_checkpoint
@@ -27,40 +24,19 @@ from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.inference.sliding_window import window_starts
 from covtransfer.plans import Plans
 from covtransfer.preprocessing.storage import load_case
-from covtransfer.training.api import fold_folder, load_task, read_metrics, train
+from covtransfer.training.api import load_task, read_metrics, train
 from covtransfer.training.run_lock import LOCK_NAME
 from covtransfer.training.run_log import RunLog
-from covtransfer.training.splits import fold_cases, load_or_create_splits, make_splits
 from covtransfer.training.strategies import make_strategy
-from covtransfer.training.trainer import Trainer, TrainingSettings, moving_average, poly_lr
+from covtransfer.training.trainer import Trainer, moving_average, poly_lr
 from covtransfer.training.validation import validate_fold, window_count
-from tiny_data import preprocessed_roots, write_raw_dataset
+from training_setup import DATASET, no_plots, results_in, roots, settings  # noqa: F401 (fixtures)
+
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET = "Dataset001_Blob"
+
+
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "ema_dice", "lr", "epoch_time", "task_dice", "task_ema"}
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory):
-    """Six 16×32×32 blob cases, preprocessed once for the module (fold 0: 4 training, 2 validation cases)."""
-    return preprocessed_roots(tmp_path_factory.mktemp("data"), {1: ("Blob", 6, 0)})
-
-
-def results_in(roots: Roots, folder: Path) -> Roots:
-    """The module's data with a results root of the test's own."""
-    return Roots(roots.raw, roots.preprocessed, folder)
-
-
-def settings(**changes) -> TrainingSettings:
-    values = dict(epochs=2, iters_per_epoch=2, val_iters=1, save_every=1, device="cpu", final_validation=False)
-    return TrainingSettings(**{**values, **changes})
-
-
-@pytest.fixture
-def no_plots(monkeypatch):
-    """Skip drawing progress.png (about a second per epoch); one test checks the real plot."""
-    monkeypatch.setattr(RunLog, "plot", lambda self, history: None)
 
 
 @pytest.fixture(scope="module")
@@ -74,79 +50,6 @@ def full_run(roots, tmp_path_factory):
         run_roots = results_in(roots, tmp_path_factory.mktemp("full"))
         folder = train([1], make_strategy("scratch"), 0, run_roots, run_settings)
     return folder, run_settings
-
-
-# ----------------------------------------------------------------------------------------------------- splits
-def test_make_splits_is_a_seeded_five_fold_partition():
-    cases = [f"case_{i:02d}" for i in range(12)]
-    splits = make_splits(cases, seed=12345)
-    assert len(splits) == 5
-    vals = [set(s["val"]) for s in splits]
-    assert sorted(c for v in vals for c in v) == cases  # every case validated exactly once
-    assert sorted(len(v) for v in vals) == [2, 2, 2, 3, 3]
-    for fold in splits:
-        assert sorted(fold["train"] + fold["val"]) == cases and not set(fold["train"]) & set(fold["val"])
-    assert make_splits(list(reversed(cases)), seed=12345) == splits
-    assert make_splits(cases, seed=1) != splits
-    assert len(make_splits(cases[:3])) == 3
-    assert make_splits(["only"]) == [{"train": ["only"], "val": ["only"]}]
-
-
-def test_splits_are_written_once_and_hand_edits_are_kept(tmp_path):
-    cases = [f"c{i}" for i in range(6)]
-    first = load_or_create_splits(tmp_path, cases)
-    path = tmp_path / "splits.json"
-    assert json.loads(path.read_text()) == first == make_splits(cases)
-    edited = [{"train": cases[:5], "val": cases[5:]}]
-    path.write_text(json.dumps(edited))
-    assert load_or_create_splits(tmp_path, cases) == edited
-    assert json.loads(path.read_text()) == edited
-
-
-def test_dataset_provided_splits_win(tmp_path):
-    cases = [f"c{i}" for i in range(20)]
-    official = [{"train": cases[4 * k:4 * k + 4], "val": [c for c in cases if c not in cases[4 * k:4 * k + 4]],
-                 "test": [c for c in cases if c not in cases[4 * k:4 * k + 4]]} for k in range(5)]
-    (tmp_path / "splits.json").write_text(json.dumps(official))
-    splits = load_or_create_splits(tmp_path, cases)
-    assert splits == official
-    assert fold_cases(splits, 2, cases) == (cases[8:12], [c for c in cases if c not in cases[8:12]])
-
-
-def test_fold_all_and_unknown_folds():
-    cases = ["b", "a", "c"]
-    splits = make_splits(cases)
-    assert fold_cases(splits, "all", cases) == (["a", "b", "c"], ["a", "b", "c"])
-    assert fold_cases(splits, "1", cases) == (splits[1]["train"], splits[1]["val"])
-    with pytest.raises(CovtransferError, match=r"unknown fold 3: splits.json has folds 0\.\.2"):
-        fold_cases(splits, 3, cases)
-    with pytest.raises(CovtransferError, match="unknown fold 'x'.*'all'"):
-        fold_cases(splits, "x", cases)
-
-
-def test_broken_splits_files_are_refused(tmp_path):
-    path = tmp_path / "splits.json"
-    path.write_text("{not json")
-    with pytest.raises(CovtransferError, match="splits.json: not valid JSON"):
-        load_or_create_splits(tmp_path, ["a", "b"])
-    path.write_text(json.dumps({"train": ["a"]}))
-    with pytest.raises(CovtransferError, match="expected a list"):
-        load_or_create_splits(tmp_path, ["a", "b"])
-    path.write_text(json.dumps([{"train": ["a"], "val": ["zz"]}]))
-    with pytest.raises(CovtransferError, match="not preprocessed: zz"):
-        load_or_create_splits(tmp_path, ["a", "b"])
-
-
-def test_training_uses_the_dataset_splits_file(roots, tmp_path):
-    preprocessed = tmp_path / "preprocessed"
-    shutil.copytree(roots.preprocessed / DATASET, preprocessed / DATASET)
-    one_fold = [{"train": ["blob_tr000", "blob_tr001"], "val": ["blob_tr002"]}]
-    (preprocessed / DATASET / "splits.json").write_text(json.dumps(one_fold))
-    copy = Roots(roots.raw, preprocessed, tmp_path / "results")
-    with pytest.raises(CovtransferError, match=r"splits.json has folds 0\.\.0"):
-        train([1], make_strategy("scratch"), 1, copy, settings())
-    assert json.loads((preprocessed / DATASET / "splits.json").read_text()) == one_fold
-    assert not copy.results.exists()
 
 
 # ----------------------------------------------------------------------------------------------------- a run
@@ -336,118 +239,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(roots, tmp_path, no_pl
     assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
 
 
-# ----------------------------------------------------------------------------------------------------- refusals
-def test_refuses_a_dataset_that_is_not_preprocessed(tmp_path):
-    own = Roots(tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results")
-    write_raw_dataset(own.raw, 7, "Raw", n_train=2)
-    with pytest.raises(CovtransferError, match=r"no dataset with id 7.*covtransfer_plan_and_preprocess -d 7"):
-        train([7], make_strategy("scratch"), 0, own, settings())
-    (own.preprocessed / "Dataset008_Planned").mkdir(parents=True)
-    with pytest.raises(CovtransferError, match=r"not preprocessed \(run covtransfer_plan_and_preprocess -d 8\)"):
-        train([8], make_strategy("scratch"), 0, own, settings())
-    assert not own.results.exists()
-
-
-def test_refuses_unknown_folds_leaving_nothing(roots, tmp_path):
-    own = results_in(roots, tmp_path / "results")
-    with pytest.raises(CovtransferError, match=r"unknown fold 9: splits.json has folds 0\.\.4"):
-        train([1], make_strategy("scratch"), 9, own, settings())
-    with pytest.raises(CovtransferError, match="unknown fold 'last'"):
-        train([1], make_strategy("scratch"), "last", own, settings())
-    assert not own.results.exists()
-
-
-def test_continue_without_a_checkpoint_is_refused(roots, tmp_path):
-    own = results_in(roots, tmp_path / "results")
-    with pytest.raises(CovtransferError, match="nothing to continue.*without --continue"):
-        train([1], make_strategy("scratch"), 0, own, settings(), resume=True)
-    assert not own.results.exists()
-
-
-def test_strategy_and_dataset_refusals(roots, tmp_path):
-    own = results_in(roots, tmp_path / "results")
-    with pytest.raises(CovtransferError, match="needs --pretrained"):
-        train([1], make_strategy("continual"), 0, own, settings())
-    with pytest.raises(CovtransferError, match="does not use --pretrained"):
-        train([1], make_strategy("scratch"), 0, own, settings(), pretrained=tmp_path)
-    with pytest.raises(CovtransferError, match="several datasets need -t pretrain"):
-        train([1, 1], make_strategy("scratch"), 0, own, settings())
-    with pytest.raises(CovtransferError, match="--device 'tpu': use cpu, cuda or auto"):
-        train([1], make_strategy("scratch"), 0, own, settings(device="tpu"))
-    if not torch.cuda.is_available():
-        with pytest.raises(CovtransferError, match="--device cuda: no CUDA device is available"):
-            train([1], make_strategy("scratch"), 0, own, settings(device="cuda"))
-    assert not own.results.exists()
-
-
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(roots, tmp_path, monkeypatch, no_plots):
-    real_run_epoch = Trainer._run_epoch
-
-    def run_epoch(self, *args):
-        if self.state.epoch == 2:  # from the third epoch on, every loss is NaN
-            self.loss = lambda outputs, targets: outputs[0].float().sum() * float("nan")
-        return real_run_epoch(self, *args)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", run_epoch)
-    own = results_in(roots, tmp_path / "results")
-    with pytest.raises(CovtransferError, match="loss became NaN/Inf in epoch 2.*last good checkpoint is kept"):
-        train([1], make_strategy("scratch"), 0, own, settings(epochs=4, iters_per_epoch=1))
-    folder = fold_folder(own, [DATASET], "scratch", 0)
-    latest = load_checkpoint(folder / "checkpoint_latest.pt")
-    assert latest.epoch == 2 and len(latest.history) == 2
-    assert all(torch.isfinite(t).all() for t in latest.state_dict.values() if t.is_floating_point())
-    assert [r["epoch"] for r in read_metrics(folder)] == [0, 1]
-    assert not (folder / "checkpoint_final.pt").exists()
-    assert not (folder / LOCK_NAME).exists()  # released on the error too
-
-
-def test_a_second_run_on_a_locked_folder_is_refused_naming_the_first(roots, tmp_path, capsys):
-    folder = tmp_path / "results" / DATASET / "scratch" / "fold_0"
-    folder.mkdir(parents=True)
-    (folder / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                "started": time.time()}))
-    flags = ["--preprocessed", str(roots.preprocessed), "--results", str(tmp_path / "results"), "--device", "cpu"]
-    assert run_cli(main, ["-d", "1", "--epochs", "1", *flags]) == 1
-    error = capsys.readouterr().err
-    assert error.startswith(f"error: {folder}: in use by another covtransfer_train run (pid {os.getpid()} on host "
-                            f"{socket.gethostname()}, started ") and error.count("\n") == 1
-    assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]  # the first run's folder is left alone
-
-
-def test_resume_from_the_previous_checkpoint_when_the_latest_is_damaged(roots, tmp_path, monkeypatch, capsys,
-                                                                         no_plots):
-    real_run_epoch = Trainer._run_epoch
-
-    def killed_in_epoch_3(self, *args):
-        if self.state.epoch == 3:
-            raise KeyboardInterrupt
-        return real_run_epoch(self, *args)
-
-    monkeypatch.setattr(Trainer, "_run_epoch", killed_in_epoch_3)
-    flags = ["-d", "1", "--epochs", "4", "--iters-per-epoch", "1", "--val-iters", "1", "--save-every", "1",
-             "--no-final-validation", "--device", "cpu", "--preprocessed", str(roots.preprocessed),
-             "--results", str(tmp_path / "results")]
-    assert run_cli(main, flags) == 130
-    monkeypatch.setattr(Trainer, "_run_epoch", real_run_epoch)
-    folder = tmp_path / "results" / DATASET / "scratch" / "fold_0"
-    latest, previous = folder / "checkpoint_latest.pt", folder / "checkpoint_previous.pt"
-    assert (load_checkpoint(latest).epoch, load_checkpoint(previous).epoch) == (3, 2)
-    assert not (folder / LOCK_NAME).exists()
-    latest.write_bytes(latest.read_bytes()[:-100])
-    capsys.readouterr()
-    assert run_cli(main, flags + ["--continue"]) == 1
-    assert capsys.readouterr().err == (f"error: {latest}: unreadable checkpoint, truncated or corrupt (not a "
-                                       "complete zip archive: File is not a zip file); checkpoint_previous.pt "
-                                       f"(epoch 2) is intact: pass --resume-from {previous}\n")
-    assert run_cli(main, flags + ["--resume-from", str(previous)]) == 0
-    assert f"resumed from {previous} after epoch 2" in (folder / "training_log.txt").read_text()
-    assert load_checkpoint(folder / "checkpoint_final.pt").epoch == 4
-    assert [r["epoch"] for r in read_metrics(folder)] == [0, 1, 2, 3]
-    assert sorted(p.name for p in folder.glob("checkpoint_*")) == ["checkpoint_best.pt", "checkpoint_final.pt",
-                                                                  "checkpoint_latest.pt.corrupt"]
-
-
-
+# ------------------------------------------------------------------------------------------- precision and compile
 def test_amp_on_trains_in_bf16_on_the_cpu_and_bad_values_are_refused(roots, tmp_path, no_plots):
     own = results_in(roots, tmp_path / "results")
     with pytest.raises(CovtransferError, match="--amp 'fast': use auto, on, off, bf16, fp16"):
@@ -480,6 +272,8 @@ def test_compile_scope_blocks_compiles_the_blocks_in_place_and_bad_scopes_are_re
     trainer = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "blocks",
                       settings(compile=True, compile_scope="blocks"))
     assert compiled == [trainer.network] and trainer.model is trainer.network
+
+
 @pytest.mark.gpu
 def test_amp_fp16_scales_the_loss_on_cuda(roots, tmp_path, no_plots):
     own = results_in(roots, tmp_path / "results")
@@ -489,6 +283,7 @@ def test_amp_fp16_scales_the_loss_on_cuda(roots, tmp_path, no_plots):
     assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
     trainer.fit()
     assert all(torch.isfinite(t).all() for t in trainer.network.state_dict().values() if t.is_floating_point())
+
 
 # ----------------------------------------------------------------------------------------------------- CLI
 def test_cli_trains_a_fold(roots, tmp_path, capsys, no_plots):
@@ -502,21 +297,6 @@ def test_cli_trains_a_fold(roots, tmp_path, capsys, no_plots):
     checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
     assert checkpoint.settings["seed"] == 3 and checkpoint.settings["iters_per_epoch"] == 1
     assert checkpoint.epoch == 1 and len(read_metrics(folder)) == 1
-
-
-def test_cli_errors(roots, tmp_path, capsys):
-    flags = ["--preprocessed", str(roots.preprocessed), "--results", str(tmp_path / "results"), "--device", "cpu"]
-    with pytest.raises(CovtransferError, match="unknown fold 12"):
-        main(["-d", "1", "-f", "12", *flags])
-    assert run_cli(main, ["-d", "1", "-f", "12", *flags]) == 1
-    assert capsys.readouterr().err.startswith("error: unknown fold 12")
-    assert run_cli(main, ["-d", "1", "--continue", *flags]) == 1
-    assert "nothing to continue" in capsys.readouterr().err
-    assert run_cli(main, ["-d", "1", "-t", "finetune", "--freeze", "decoder", *flags]) == 1
-    assert "--freeze 'decoder'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["-d", "1", "-t", "nonsense", *flags])
-    assert not (tmp_path / "results").exists()
 
 
 def test_moving_average_skips_epochs_with_nothing_to_score():
