@@ -1,5 +1,5 @@
 """Transfer learning: multi-lesion pre-training, the five strategies from its checkpoint, load reports, frozen and
-scaled parameters, save/load/predict round trips, refusals that leave no results folder, and the CLI.
+scaled parameters and save/load/predict round trips (refusals and the CLI: ``test_transfer_refusals.py``).
 
 Selective Fusion maths (V = α·F_D + β·F_A, α + β = 1, no batch statistics) and the hybrid's forward/backward
 shapes on an anisotropic plan are tested in tests/test_network.py (test_fusion_*, test_hybrid_*); not repeated here.
@@ -8,100 +8,30 @@ shapes on an anisotropic plan are tested in tests/test_network.py (test_fusion_*
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from covtransfer.cli import train as train_cli
-from covtransfer.cli.common import run_cli
-from covtransfer.config import Roots
 from covtransfer.data.image_io import read_image
 from covtransfer.errors import CovtransferError
 from covtransfer.inference.model_loading import load_model
 from covtransfer.inference.predictor import predict_folder, predict_logits
 from covtransfer.inference.sliding_window import predict_sliding_window
 from covtransfer.network.build import build_from_checkpoint
-from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import UNet
 from covtransfer.plans import Plans
-from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from covtransfer.preprocessing.storage import load_case
 from covtransfer.training.api import train
 from covtransfer.training.batch_stream import BatchStream
 from covtransfer.training.strategies import make_strategy
-from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
-from tiny_data import FINGERPRINT_VOXELS, preprocessed_roots, write_raw_dataset
-
-TARGET, SRC1, SRC2, OTHER = 1, 2, 3, 4
-TARGET_NAME, SRC1_NAME, SRC2_NAME = "Dataset001_Covid", "Dataset002_Tumour", "Dataset003_Effusion"
-CONFIG = "3d_fullres"
-TRANSFER = ("continual", "finetune", "encoder", "hybrid")
-
-
-def settings(epochs: int = 1, iters: int = 1, val_iters: int = 0, **extra) -> TrainingSettings:
-    """Seconds-long runs on the CPU; no final validation unless asked."""
-    options = {"device": "cpu", "save_every": 1000, "final_validation": False, "validation_tta": "off", **extra}
-    return TrainingSettings(epochs=epochs, iters_per_epoch=iters, val_iters=val_iters, **options)
-
-
-def results_tree(roots: Roots) -> list[str]:
-    return sorted(str(p.relative_to(roots.results)) for p in roots.results.rglob("*")) \
-        if roots.results.is_dir() else []
-
-
-def names(state: dict, prefix: str) -> list[str]:
-    return sorted(n for n in state if n.startswith(prefix + "."))
-
-
-def task_of(roots: Roots, dataset: str) -> TrainingTask:
-    """A training task over every preprocessed case of ``dataset`` (enough for trainers that never call ``fit``)."""
-    folder = roots.preprocessed / dataset
-    plans = Plans.load(folder / "plans.json")
-    cases = sorted(p.stem for p in (folder / plans.configuration(CONFIG).data_identifier).glob("*.json"))
-    return TrainingTask(dataset, folder, plans, cases, cases)
-
-
-def random_batch(plans: Plans, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    patch = plans.configuration(CONFIG).patch_size
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(2, 1, *patch, generator=generator)
-    return images, (images > 0.5).long()
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory) -> Roots:
-    """A target, two sources with the target's plans, and a dataset planned on its own (other topology)."""
-    base = tmp_path_factory.mktemp("transfer")
-    roots = preprocessed_roots(base, {TARGET: ("Covid", 4, 1), SRC1: ("Tumour", 2, 0), SRC2: ("Effusion", 2, 0)},
-                               plans_from=TARGET)
-    write_raw_dataset(roots.raw, OTHER, "Other", 2, seed=OTHER, shape=(12, 40, 24))
-    plan_and_preprocess([OTHER], roots, preset="cpu", num_processes=1, fingerprint_voxels=FINGERPRINT_VOXELS)
-    return roots
-
-
-@pytest.fixture(scope="module")
-def pretrained(roots) -> Path:
-    """The multi-lesion model: 2 epochs × 2 iterations on both sources, with final validation of each source."""
-    return train([SRC1, SRC2], make_strategy("pretrain"), "all", roots,
-                 settings(epochs=2, iters=2, val_iters=1, final_validation=True))
-
-
-@pytest.fixture(scope="module")
-def source(pretrained) -> Checkpoint:
-    return load_checkpoint(pretrained / "checkpoint_final.pt")
-
-
-@pytest.fixture(scope="module")
-def runs(roots, pretrained) -> dict[str, Path]:
-    """One iteration of every strategy on the target's fold 0, transfer strategies from the multi-lesion model."""
-    return {name: train([TARGET], make_strategy(name), 0, roots, settings(),
-                        pretrained=None if name == "scratch" else pretrained)
-            for name in ("scratch", *TRANSFER)}
+from covtransfer.training.trainer import Trainer
+from transfer_setup import (CONFIG, OTHER, SRC1, SRC1_NAME, SRC2_NAME, TARGET_NAME, TRANSFER, names,  # noqa: F401
+                            pretrained, random_batch, results_tree, roots, runs, settings, source, target_trainer,
+                            task_of)
 
 
 # ------------------------------------------------------------------------------------------- pre-training
@@ -183,12 +113,6 @@ def test_pretraining_on_datasets_with_different_plans_is_refused(roots):
 
 
 # ------------------------------------------------------------------------------------------- strategies
-def target_trainer(roots: Roots, strategy, checkpoint: Checkpoint | None, folder: Path,
-                   run_settings: TrainingSettings | None = None) -> Trainer:
-    return Trainer([task_of(roots, TARGET_NAME)], CONFIG, strategy, folder, run_settings or settings(), checkpoint,
-                   "pretrained.pt")
-
-
 def optimised(trainer: Trainer) -> set[int]:
     return {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
 
@@ -387,127 +311,6 @@ def test_predictor_segments_a_raw_test_scan_with_a_transferred_model(roots, runs
     image, image_geometry = read_image(images / "covid_ts000_0000.nii.gz")
     assert seg.shape == image.shape and geometry.matches(image_geometry)
     assert set(np.unique(seg)) <= {0, 1}
-
-
-# ------------------------------------------------------------------------------------------- refusals
-def refuse(roots: Roots, match: str, *args, **kwargs) -> None:
-    """``train(*args, **kwargs)`` must raise a one-line error matching ``match`` and leave the results untouched."""
-    before = results_tree(roots)
-    with pytest.raises(CovtransferError, match=match) as error:
-        train(*args, **kwargs)
-    assert "\n" not in str(error.value)
-    assert results_tree(roots) == before
-
-
-@pytest.mark.parametrize("strategy", TRANSFER)
-def test_missing_or_unreadable_pretrained_model_is_refused(roots, tmp_path, strategy):
-    s = make_strategy(strategy)
-    refuse(roots, "no such checkpoint file or run folder", [TARGET], s, 0, roots, settings(),
-           pretrained=tmp_path / "nowhere")
-    refuse(roots, "no checkpoint_final.pt", [TARGET], s, 0, roots, settings(), pretrained=tmp_path)
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint at all" * 10)
-    refuse(roots, "garbage.pt: not a checkpoint but a text file", [TARGET], s, 0, roots, settings(),
-           pretrained=garbage)
-
-
-@pytest.mark.parametrize("strategy", ["continual", "hybrid"])
-def test_a_checkpoint_with_another_channel_count_transfers_with_a_new_first_convolution(roots, source, tmp_path,
-                                                                                       strategy):
-    first = "encoder.stages.0.0.conv.weight"
-    two = dict(source.state_dict, **{first: torch.cat([source.state_dict[first]] * 2, dim=1)})
-    plans = replace(source.plans, channel_names={"0": "CT", "1": "CT"})
-    save_checkpoint(tmp_path / "two.pt", replace(source, plans=plans, state_dict=two))
-    trainer = target_trainer(roots, make_strategy(strategy), load_checkpoint(tmp_path / "two.pt"), tmp_path)
-    own = ("adapted_" if strategy == "hybrid" else "") + first
-    report = trainer.load_report
-    assert report.reinitialised[own] == "1 input channel(s), the pre-trained model has 2"
-    assert first in report.skipped and first not in report.loaded and own in report.missing
-    assert trainer.network.state_dict()[own].shape[1] == 1
-    state = trainer.network.state_dict()
-    assert all(torch.equal(state[own.replace(first, n)], source.state_dict[n]) for n in report.loaded)
-    assert f"re-initialised for the target: heads.{TARGET_NAME} (2 classes" in report.summary()
-    assert f"{own} (1 input channel(s), the pre-trained model has 2)" in report.summary()
-
-
-@pytest.fixture(scope="module")
-def other_topology(roots) -> Path:
-    """A model pre-trained on a dataset planned on its own (3 stages instead of the target's 4)."""
-    return train([OTHER], make_strategy("pretrain"), "all", roots, settings())
-
-
-@pytest.mark.parametrize("strategy", TRANSFER)
-def test_checkpoint_with_another_topology_is_refused_naming_plans_from(roots, other_topology, strategy):
-    refuse(roots, "--plans-from", [TARGET], make_strategy(strategy), 0, roots, settings(), pretrained=other_topology)
-
-
-def test_checkpoint_differing_only_in_strides_is_refused(roots, source, tmp_path):
-    """Same tensor shapes for the encoder, different strides: loading would succeed but compute another network."""
-    strides = source.configuration.strides
-    configuration = replace(source.configuration, strides=[strides[0], *strides[2:], strides[1]])
-    assert configuration.strides != strides
-    plans = replace(source.plans, configurations={**source.plans.configurations, CONFIG: configuration})
-    save_checkpoint(tmp_path / "strides.pt", replace(source, plans=plans))
-    refuse(roots, "strides.*--plans-from", [TARGET], make_strategy("encoder"), 0, roots, settings(),
-           pretrained=tmp_path / "strides.pt")
-
-
-def test_wrong_pretrained_usage_is_refused(roots, pretrained):
-    for strategy in TRANSFER:
-        refuse(roots, f"-t {strategy} needs --pretrained", [TARGET], make_strategy(strategy), 0, roots, settings())
-    for strategy in ("scratch", "pretrain"):
-        refuse(roots, f"-t {strategy} does not use --pretrained", [TARGET], make_strategy(strategy), 0, roots,
-               settings(), pretrained=pretrained)
-    refuse(roots, "several datasets need -t pretrain", [SRC1, SRC2], make_strategy("continual"), "all", roots,
-           settings(), pretrained=pretrained)
-    refuse(roots, "--source-weights has 1 values for 2 datasets", [SRC1, SRC2], make_strategy("pretrain"), "all",
-           roots, settings(source_weights=[1.0]))
-    refuse(roots, "every weight must be > 0", [SRC1, SRC2], make_strategy("pretrain"), "all", roots,
-           settings(source_weights=[1.0, 0.0]))
-
-
-@pytest.mark.parametrize("strategy, freeze, match", [
-    ("continual", "encoder", "--freeze applies to finetune"),
-    ("scratch", "encoder", "--freeze applies to finetune"),
-    ("encoder", "adapted", "--freeze applies to finetune"),
-    ("pretrain", "encoder", "--freeze applies to finetune"),
-    ("finetune", "decoder", "finetune takes 'encoder' or 'encoder:K'"),
-    ("finetune", "encoder:0", "finetune takes 'encoder' or 'encoder:K'"),
-    ("hybrid", "encoder", "hybrid takes only 'adapted'"),
-])
-def test_freeze_for_a_strategy_that_does_not_take_it_is_refused(roots, pretrained, strategy, freeze, match, capsys):
-    before = results_tree(roots)
-    argv = ["-d", str(TARGET), "-t", strategy, "--freeze", freeze, "--pretrained", str(pretrained),
-            "--raw", str(roots.raw), "--preprocessed", str(roots.preprocessed), "--results", str(roots.results)]
-    with pytest.raises(CovtransferError, match=match):
-        train_cli.main(argv)
-    assert run_cli(train_cli.main, argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
-    assert results_tree(roots) == before
-
-
-# ------------------------------------------------------------------------------------------- command line
-def test_cli_trains_the_hybrid_from_the_multi_lesion_model(roots, pretrained, source, capsys):
-    code = train_cli.main(["-d", str(TARGET), "-t", "hybrid", "-f", "0", "--pretrained", str(pretrained),
-                           "--tag", "from_multi", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1",
-                           "--device", "cpu", "--raw", str(roots.raw), "--preprocessed", str(roots.preprocessed),
-                           "--results", str(roots.results)])
-    folder = roots.results / TARGET_NAME / "hybrid__from_multi" / "fold_0"
-    assert code == 0 and f"done: {folder}" in capsys.readouterr().out
-    checkpoint = load_checkpoint(folder / "checkpoint_final.pt")
-    assert checkpoint.strategy == {"name": "hybrid", "adapted_lr_scale": 0.1, "freeze_adapted": False}
-    lrs = {g["lr_scale"]: g["lr"] for g in checkpoint.optimizer["param_groups"]}
-    assert lrs[1.0] == pytest.approx(1e-2) and lrs[0.1] == pytest.approx(1e-3)
-    assert (folder / "load_report.json").is_file()
-    assert "loaded" in (folder / "training_log.txt").read_text()
-    assert (folder / "validation" / "summary.json").is_file()
-    assert (folder.parent / "plans.json").is_file()
-    model = load_model(folder / "checkpoint_final.pt")
-    pre = source.state_dict
-    trained_adapted = model.network.state_dict()
-    moved = [n for n in names(pre, "encoder") if not torch.equal(trained_adapted["adapted_" + n], pre[n])]
-    assert moved, "the adapted encoder is trained (at a reduced rate), not frozen"
 
 
 def test_hybrid_attention_can_be_read_after_a_forward_pass(roots, runs):

@@ -61,3 +61,9 @@ def preprocessed_roots(base: Path, datasets: dict[int, tuple[str, int, int]], pl
             plan_and_preprocess(others, roots, plans_from=plans_from, num_processes=1,
                                 fingerprint_voxels=FINGERPRINT_VOXELS)
     return roots
+
+
+def smooth(shape, spacing=(1.0, 1.0, 1.0)):
+    """A smooth test function sampled at voxel centres (physical coordinates in mm)."""
+    z, y, x = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing)], indexing="ij", sparse=True)
+    return (np.sin(z / 6.0) * np.cos(y / 7.0) + 0.5 * np.sin(x / 5.0 + 0.3)).astype(np.float32)
