@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from predict_nnunet import NNUNET_RESAMPLING
+
 DATASET = "Dataset900_Bench"
 NETWORKS = {
     "reference": {"patch": [56, 160, 192], "batch": 2, "features": [32, 64, 128, 256, 320, 320],
@@ -63,13 +65,6 @@ NETWORKS = {
 def plans_for(spec: dict) -> dict:
     """nnU-Net v2 plans with one ``3d_fullres`` configuration of exactly this topology."""
     n = len(spec["features"])
-    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
-                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                         "force_separate_z": None}}
     return {
         "dataset_name": DATASET, "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
         "original_median_spacing_after_transp": spec["spacing"],
@@ -84,7 +79,7 @@ def plans_for(spec: dict) -> dict:
             "batch_size": spec["batch"], "patch_size": spec["patch"],
             "median_image_size_in_voxels": spec["median_shape"],
             "spacing": spec["spacing"], "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            **resampling, "batch_dice": False,
+            **NNUNET_RESAMPLING, "batch_dice": False,
             "architecture": {
                 "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
                 "arch_kwargs": {

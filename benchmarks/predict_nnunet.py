@@ -9,6 +9,14 @@ import os
 import subprocess
 from pathlib import Path
 
+# nnU-Net's default resampling entries of a configuration (cubic images, linear labels, z apart when anisotropic)
+NNUNET_RESAMPLING = {
+    "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}}
+
 NNUNET_SETUP = r'''
 import json, sys, torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -31,13 +39,6 @@ def nnunet_model_folder(folder: Path, python: Path, topology: str, spec: dict, s
     model = folder / f"nnunet_model_{topology}"
     (model / "fold_0").mkdir(parents=True, exist_ok=True)
     n = len(spec["features"])
-    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
-                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                         "force_separate_z": None}}
     plans = {
         "dataset_name": task, "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
         "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": [176, 335, 335],
@@ -50,7 +51,7 @@ def nnunet_model_folder(folder: Path, python: Path, topology: str, spec: dict, s
             "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
             "batch_size": 2, "patch_size": spec["patch"], "median_image_size_in_voxels": [176, 335, 335],
             "spacing": spacing, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            **resampling, "batch_dice": False,
+            **NNUNET_RESAMPLING, "batch_dice": False,
             "architecture": {
                 "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
                 "arch_kwargs": {
