@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from covtransfer.cli import export_model, install_model, plan_and_preprocess, pr
 from covtransfer.cli.common import run_cli
 from covtransfer.config import Roots
 from covtransfer.data.image_io import read_image
+from covtransfer.evaluation.postprocessing import POSTPROCESSING_FILE
 from covtransfer.models.package_format import FORMAT, MANIFEST, sha256_file
 from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.training.api import train
@@ -147,6 +149,43 @@ def test_a_model_installed_elsewhere_predicts_by_name_exactly_as_the_original(ro
     for case in original:
         np.testing.assert_array_equal(by_name[case], original[case])
         np.testing.assert_array_equal(from_zip[case], fast[case])
+
+
+def test_the_runs_postprocessing_rules_travel_with_the_package(roots, tmp_path, capsys):
+    run = roots.results / TARGET_NAME / "scratch"
+    shutil.copytree(run, run.with_name("scratch__rules"))
+    rules = {"largest_component_foreground": True, "largest_component_labels": [], "connectivity": 26, "labels": [1]}
+    (run.with_name("scratch__rules") / POSTPROCESSING_FILE).write_text(json.dumps(rules))
+    output = tmp_path / "ruled.zip"
+    capsys.readouterr()
+    assert export_model.main(["-d", str(TARGET), "-t", "scratch", "--tag", "rules", "-o", str(output)]
+                             + flags(roots)) == 0
+    assert "post-processing rules" in capsys.readouterr().out
+    results = tmp_path / "results"
+    assert install_model.main([str(output), "--results", str(results), "--name", "ruled"]) == 0
+    assert json.loads((results / "models" / "ruled" / POSTPROCESSING_FILE).read_text()) == rules
+    images = ["-i", str(roots.raw / TARGET_NAME / "imagesTs"), "--postprocess"]
+    original = predicted(images + ["-d", str(TARGET), "-t", "scratch", "--tag", "rules"] + flags(roots),
+                         tmp_path / "original")
+    installed = predicted(images + ["-m", "ruled", "--results", str(results)], tmp_path / "installed")
+    for case in original:
+        np.testing.assert_array_equal(installed[case], original[case])
+
+
+def test_a_package_without_rules_refuses_postprocess_and_bad_rules_are_not_packaged(roots, package, tmp_path,
+                                                                                     capsys):
+    results = tmp_path / "results"
+    assert install_model.main([str(package), "--results", str(results), "--name", "plain"]) == 0
+    refused(predict.main, ["-i", str(roots.raw / TARGET_NAME / "imagesTs"), "-o", str(tmp_path / "out"), "-m",
+                           "plain", "--results", str(results), "--postprocess"], capsys, POSTPROCESSING_FILE)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"largest_component_foreground": "yes"}))
+    output = tmp_path / "bad.zip"
+    argv = ["-d", str(TARGET), "-t", "scratch", "-o", str(output), "--postprocessing", str(bad)] + flags(roots)
+    refused(export_model.main, argv, capsys, f"{bad}: 'largest_component_foreground' must be true or false")
+    refused(export_model.main, argv[:-len(flags(roots)) - 1] + [str(tmp_path / "none.json")] + flags(roots), capsys,
+            "no such post-processing rules file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "results"]
 
 
 def damaged_copy(package: Path, folder: Path, member: str | None = None, extra: zipfile.ZipInfo | None = None,

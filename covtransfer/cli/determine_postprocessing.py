@@ -8,7 +8,7 @@ from typing import Sequence
 
 from covtransfer.cli.common import run_cli
 from covtransfer.data.raw_guard import summary_output
-from covtransfer.evaluation.postprocessing import determine_postprocessing
+from covtransfer.evaluation.postprocessing import POSTPROCESSING_FILE, determine_postprocessing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    output = summary_output(args.ref, args.pred, args.output, "postprocessing.json")
+    output = summary_output(args.ref, args.pred, args.output, POSTPROCESSING_FILE)
     rules = determine_postprocessing(args.ref, args.pred, args.labels, output, args.num_processes)
     labels = ", ".join(str(v) for v in rules["largest_component_labels"]) or "none"
     print(f"largest component of all foreground: {'yes' if rules['largest_component_foreground'] else 'no'}; "

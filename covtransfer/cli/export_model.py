@@ -9,6 +9,7 @@ import time
 from typing import Sequence
 
 from covtransfer.cli.common import add_root_arguments, roots_from_args, run_cli
+from covtransfer.evaluation.postprocessing import POSTPROCESSING_FILE
 from covtransfer.models.export import export_model
 from covtransfer.models.provenance import UNKNOWN
 from covtransfer.training.strategies import STRATEGY_NAMES
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"without either, export is refused unless --license {UNKNOWN})")
     p.add_argument("--citation", metavar="TEXT|FILE",
                    help="what to cite, as text or a file (default: the model and its datasets' references)")
+    p.add_argument("--postprocessing", metavar="FILE",
+                   help="post-processing rules to package (default: the run's postprocessing.json, if it has one), "
+                        "so that covtransfer_predict --postprocess works with the installed model")
     add_root_arguments(p)
     return p
 
@@ -40,9 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     path, manifest = export_model(roots_from_args(args), args.dataset, args.strategy, args.output, args.folds,
-                                  args.tag, args.name, args.licence, args.citation)
-    print(f"exported {manifest['name']} (folds {', '.join(manifest['folds'])}, licence {manifest['licence']}) to "
-          f"{path}: {path.stat().st_size / 1e6:.2f} MB in {time.perf_counter() - start:.1f} s")
+                                  args.tag, args.name, args.licence, args.citation, args.postprocessing)
+    rules = ", post-processing rules" if POSTPROCESSING_FILE in manifest["files"] else ""
+    print(f"exported {manifest['name']} (folds {', '.join(manifest['folds'])}{rules}, licence {manifest['licence']}) "
+          f"to {path}: {path.stat().st_size / 1e6:.2f} MB in {time.perf_counter() - start:.1f} s")
     return 0
 
 

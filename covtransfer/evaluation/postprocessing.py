@@ -27,6 +27,7 @@ from covtransfer.evaluation.evaluate import (check_labels, dataset_labels, json_
                                              present_labels, read_pair)
 from covtransfer.evaluation.metrics import dice
 
+POSTPROCESSING_FILE = "postprocessing.json"  # the rules' name in a run's strategy or fold folder and in a package
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Boolean mask of the largest 26-connected component of ``mask`` (all False when ``mask`` is empty).

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from covtransfer.atomic import atomic_path, remove_leftovers
 from covtransfer.devices import resolve_device
 from covtransfer.errors import CovtransferError
-from covtransfer.evaluation.postprocessing import apply_postprocessing, load_postprocessing
+from covtransfer.evaluation.postprocessing import POSTPROCESSING_FILE, apply_postprocessing, load_postprocessing
 from covtransfer.evaluation.quantify import refuse_raw_folder
 from covtransfer.inference.case_result import CaseResult, CaseWriter
 from covtransfer.inference.cpu_runtime import OpenVinoForward, use_cpu_runtime
@@ -46,7 +46,6 @@ from covtransfer.network.build import unwrap_network
 from covtransfer.plans import Configuration, Plans
 from covtransfer.preprocessing.preprocessor import CasePreprocessor
 
-POSTPROCESSING_FILE = "postprocessing.json"
 DEFAULT_STEP = 0.5
 FAST_STEP = 1.0  # --fast: windows touch instead of overlapping by half, 8x fewer in 3-D
 # voxels per forward pass (windows × patch voxels): a few windows on a GPU, about one reference patch on a CPU

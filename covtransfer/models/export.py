@@ -1,6 +1,7 @@
 """Export a trained model as one package (``covtransfer_export_model``): every requested fold's final weights
-(without optimizer state), the plans, the dataset description, a manifest of provenance, metrics and checksums, a
-LICENSE inherited from the training data and a CITATION; written atomically."""
+(without optimizer state), the plans, the dataset description, the post-processing rules when the run has them, a
+manifest of provenance, metrics and checksums, a LICENSE inherited from the training data and a CITATION; written
+atomically."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import covtransfer
 from covtransfer.atomic import atomic_path, write_error
 from covtransfer.config import Roots, find_dataset
 from covtransfer.errors import CovtransferError
+from covtransfer.evaluation.postprocessing import POSTPROCESSING_FILE, load_postprocessing
 from covtransfer.inference.model_loading import fold_folders, run_name, strategy_folder
 from covtransfer.models.package_format import (CHECKPOINT, FORMAT, FORMAT_VERSION, MANIFEST, check_name,
                                                fold_member, sha256_stream)
@@ -101,6 +103,20 @@ def _licence(given: str | None, datasets: list[dict], origin: dict | None, folde
     return "; ".join(licences)
 
 
+def _postprocessing(given: str | os.PathLike | None, folder: Path, folds: dict[str, Path]) -> bytes | None:
+    """The rules to package: ``given``, else the run's ``postprocessing.json`` (the strategy folder's, or the fold's
+    when one fold is exported), as ``--postprocess`` finds them; checked before they are packaged."""
+    candidates = [Path(given)] if given else \
+        [folder / POSTPROCESSING_FILE] + [f / POSTPROCESSING_FILE for f in folds.values() if len(folds) == 1]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        if given:
+            raise CovtransferError(f"{given}: no such post-processing rules file (--postprocessing)")
+        return None
+    load_postprocessing(path)
+    return path.read_bytes()
+
+
 def _citation(given: str | None) -> str | None:
     """``--citation``: the content of the file it names, else the text itself."""
     try:
@@ -156,8 +172,10 @@ def _write_package(output: Path, manifest: dict, members: dict[str, bytes]) -> N
 
 def export_model(roots: Roots, datasets: Sequence[str], strategy: str, output: str | os.PathLike,
                  folds: Sequence[str] | None = None, tag: str | None = None, name: str | None = None,
-                 licence: str | None = None, citation: str | None = None) -> tuple[Path, dict]:
-    """Package the finished folds of a run into ``output`` (a ``.zip``); returns its path and manifest."""
+                 licence: str | None = None, citation: str | None = None,
+                 postprocessing: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """Package the finished folds of a run into ``output`` (a ``.zip``); returns its path and manifest.
+    ``postprocessing``: a rules file to package instead of the run's own ``postprocessing.json``."""
     output = Path(output)
     if output.suffix.lower() != ".zip":
         raise CovtransferError(f"{output}: a model package is a .zip file; name it <something>.zip")
@@ -166,6 +184,7 @@ def export_model(roots: Roots, datasets: Sequence[str], strategy: str, output: s
     fold_paths = _fold_paths(folder, folds)
     checkpoints = {fold: load_checkpoint(path / CHECKPOINT) for fold, path in fold_paths.items()}
     manifest = build_manifest(name, checkpoints, fold_paths, roots, licence, folder)
+    rules = _postprocessing(postprocessing, folder, fold_paths)
     first = next(iter(checkpoints.values()))
     dataset_json = folder / "dataset.json"
     if not dataset_json.is_file():
@@ -175,5 +194,7 @@ def export_model(roots: Roots, datasets: Sequence[str], strategy: str, output: s
                "LICENSE": licence_text(manifest).encode(),
                "CITATION": citation_text(manifest, _citation(citation)).encode()}
     members.update({fold_member(fold): _weights_only(c) for fold, c in checkpoints.items()})
+    if rules is not None:
+        members[POSTPROCESSING_FILE] = rules
     _write_package(output, manifest, members)
     return output, manifest
