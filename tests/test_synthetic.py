@@ -109,6 +109,7 @@ def test_dataset_layout_json_and_reproducible_files(tmp_path):
     assert info.name == "SyntheticCOVID" and info.num_training == 3 and info.file_ending == ".nii.gz"
     assert info.channel_names == {0: "CT"} and info.labels == {"background": 0, "lesion": 1}
     assert "synthetic" in info.extra["description"].lower() and "covid" in info.extra["description"]
+    assert info.extra["licence"] == "CC0-1.0"  # so that a model trained on phantoms exports without --license
     assert info.extra["synthetic"] == {"kind": "covid", "seed": 4, "size": "tiny", "with_lungs": False}
     cases = list_cases(folder, info, "Tr")
     assert [c.case_id for c in cases] == ["covid_000", "covid_001", "covid_002"]

@@ -26,6 +26,8 @@ _LESION_WORDS = {"covid": "COVID-19-like ground-glass opacities and consolidatio
                  "tumor": "lung tumours (lobulated soft-tissue masses)",
                  "effusion": "pleural effusion (dependent fluid crescents)"}
 FILE_ENDING = ".nii.gz"
+# generated phantoms hold no patient data and no third-party work: a model trained on them can be exported freely
+SYNTHETIC_LICENCE = "CC0-1.0"
 
 
 def case_rng(seed: int, kind: str, case_index: int) -> np.random.Generator:
@@ -88,7 +90,7 @@ def make_synthetic_dataset(kind: str, dataset_id: int, n_train: int, n_test: int
             write_image(tmp / f"labels{subset}" / f"{case_id}{FILE_ENDING}", label, geometry)
         description = (f"Synthetic chest-CT phantoms in HU with {_LESION_WORDS[kind]}, written by "
                        f"covtransfer_make_synthetic (kind {kind}, seed {seed}, size {size}); not patient data.")
-        extra = {"description": description, "numTest": n_test,
+        extra = {"description": description, "licence": SYNTHETIC_LICENCE, "numTest": n_test,
                  "synthetic": {"kind": kind, "seed": seed, "size": size, "with_lungs": with_lungs}}
         DatasetInfo(name or DEFAULT_NAMES[kind], {0: "CT"}, labels, n_train, FILE_ENDING, extra).save(tmp)
     return folder
