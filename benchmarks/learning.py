@@ -8,8 +8,9 @@ never tuned on; ``--data-round`` moves to the next unseen draw): ``covid`` (4 tr
 2. plans it with nnU-Net in a separate virtual environment and overwrites nnU-Net's ``3d_fullres`` with covtransfer's
    spacing, transpose, patch, batch and topology, then preprocesses it with nnU-Net (``learning_nnunet.py``);
 3. trains three arms on every training case (fold ``all``) for each seed, fp32 on the CPU, with the same epochs,
-   iterations per epoch and validation iterations: covtransfer with its heads at the foreground prior (its default),
-   covtransfer with nnU-Net's zero-bias heads (``variant_train.py``), and nnU-Net through its own trainer class,
+   iterations per epoch and validation iterations: covtransfer with its heads at the foreground prior
+   (``--head-init prior``),
+   covtransfer with nnU-Net's zero-bias heads (``--head-init zero``), and nnU-Net through its own trainer class,
    only the schedule changed;
 4. predicts the test cases without mirroring and scores every arm with covtransfer's evaluator (DSC, NSD at 3 mm),
    cross-checked against DeepMind's ``surface-distance`` in the nnU-Net environment.
@@ -114,20 +115,11 @@ class Bench:
                        env=self.nnunet_env())
 
     def covtransfer(self, command: str, *args: str) -> None:
-        self._run_covtransfer([str(Path(sys.executable).parent / command)], args)
-
-    def train_covtransfer(self, init: str, *args: str) -> None:
-        """``covtransfer_train`` with its heads at the prior, or at zero bias through ``variant_train.py``."""
-        if init == "zero":
-            self._run_covtransfer([sys.executable, str(HERE / "variant_train.py"), "zero-bias"], args)
-        else:
-            self.covtransfer("covtransfer_train", *args)
-
-    def _run_covtransfer(self, command: list[str], args: tuple[str, ...]) -> None:
+        """Run covtransfer's console script ``command`` on the benchmark's roots, with the run's thread count."""
         roots = ["--raw", str(self.roots.raw), "--preprocessed", str(self.roots.preprocessed),
                  "--results", str(self.roots.results)]
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
-        subprocess.run([*command, *args, *roots], check=True, env=env)
+        subprocess.run([str(Path(sys.executable).parent / command), *args, *roots], check=True, env=env)
 
 
 def prepare(bench: Bench, dataset: str, with_nnunet: bool) -> None:
@@ -163,10 +155,10 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
     started = time.perf_counter()
     predictions = folder / "predictions"
     if run.tool == "covtransfer":
-        bench.train_covtransfer(run.init, "-d", dataset.name, "-t", "scratch", "-f", "all", "--tag", tag,
-                                "--epochs", str(bench.epochs), "--iters-per-epoch", str(bench.iters),
-                                "--val-iters", str(bench.val_iters), "--seed", str(run.seed), "--device", "cpu",
-                                "--amp", "off", "--no-final-validation")
+        bench.covtransfer("covtransfer_train", "--head-init", run.init, "-d", dataset.name, "-t", "scratch",
+                          "-f", "all", "--tag", tag, "--epochs", str(bench.epochs),
+                          "--iters-per-epoch", str(bench.iters), "--val-iters", str(bench.val_iters),
+                          "--seed", str(run.seed), "--device", "cpu", "--amp", "off", "--no-final-validation")
         trained = time.perf_counter()
         bench.covtransfer("covtransfer_predict", "-i", str(dataset / "imagesTs"), "-o", str(predictions),
                           "-d", dataset.name, "-t", "scratch", "--tag", tag, "-f", "all", "--no-tta",
@@ -273,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--iters-per-epoch", type=int, default=25)
     parser.add_argument("--val-iters", type=int, default=5)
-    parser.add_argument("--nnunet-venv", type=Path, help="virtual environment with nnunetv2==2.8.1 and surface-distance")
+    parser.add_argument("--nnunet-venv", type=Path,
+                        help="virtual environment with nnunetv2==2.8.1 and surface-distance")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                         help="torch threads per run (default: half the cores)")

@@ -11,7 +11,7 @@ from covtransfer.network.build import (build_from_spec, build_network, load_weig
                                        state_dict_mismatches)
 from covtransfer.network.fusion import SelectiveFusion, hidden_size
 from covtransfer.network.hybrid import HybridUNet
-from covtransfer.network.unet import FOREGROUND_PRIOR, UNet
+from covtransfer.network.unet import DEFAULT_HEAD_INIT, FOREGROUND_PRIOR, UNet
 from covtransfer.plans import Configuration
 
 
@@ -126,6 +126,7 @@ def test_he_initialisation_and_zero_bias():
 @pytest.mark.parametrize("kind", ["unet", "hybrid"])
 def test_heads_start_every_foreground_class_at_the_prior(kind):
     network = build_network(make_configuration(features=(16, 32, 64)), 1, {"covid": 2, "organs": 4}, kind=kind)
+    network.heads.init_bias("prior")
     for task, n_classes in (("covid", 2), ("organs", 4)):
         for head in network.heads[task]:
             probabilities = torch.softmax(head.bias.double(), 0)
@@ -134,6 +135,23 @@ def test_heads_start_every_foreground_class_at_the_prior(kind):
     # on a random input the full-resolution output starts near the prior, not at 1/K
     output = network.eval()(torch.randn(1, 1, 16, 32, 32), task="covid")
     assert torch.softmax(output[0], 1)[:, 1].mean().item() == pytest.approx(FOREGROUND_PRIOR, rel=0.5)
+
+
+@pytest.mark.parametrize("kind", ["unet", "hybrid"])
+def test_zero_head_init_starts_every_class_at_one_over_k_and_the_default_is_applied_when_built(kind):
+    configuration = make_configuration(features=(16, 32, 64))
+    torch.manual_seed(0)
+    network = build_network(configuration, 1, {"covid": 2, "organs": 4}, kind=kind)
+    torch.manual_seed(0)
+    again = build_network(configuration, 1, {"covid": 2, "organs": 4}, kind=kind)
+    again.heads.init_bias(DEFAULT_HEAD_INIT)
+    assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), again.state_dict().values()))
+    network.heads.init_bias("zero")
+    for task, n_classes in (("covid", 2), ("organs", 4)):
+        for head in network.heads[task]:
+            assert torch.softmax(head.bias.double(), 0).tolist() == pytest.approx([1 / n_classes] * n_classes)
+    with pytest.raises(CovtransferError, match="--head-init 'focal': use prior or zero"):
+        network.heads.init_bias("focal")
 
 
 def test_multi_task_heads_have_own_classes_and_gradients_only_flow_through_the_chosen_task():

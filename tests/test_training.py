@@ -299,6 +299,21 @@ def test_cli_trains_a_fold(roots, tmp_path, capsys, no_plots):
     assert checkpoint.epoch == 1 and len(read_metrics(folder)) == 1
 
 
+@pytest.mark.parametrize("head_init", ["prior", "zero"])
+def test_head_init_option_sets_the_heads_bias_before_training_and_is_recorded(roots, tmp_path, head_init, no_plots):
+    task = load_task(results_in(roots, tmp_path / "results"), 1, "3d_fullres", 0)
+    trainer = Trainer([task], "3d_fullres", make_strategy("scratch"), tmp_path / "fold", settings(head_init=head_init))
+    biases = [head.bias for head in trainer.network.heads[task.name]]
+    foreground = math.log(0.01 / 0.99) if head_init == "prior" else 0.0
+    assert all(b[0].item() == 0.0 and b[1].item() == pytest.approx(foreground) for b in biases)
+    results = tmp_path / "cli"
+    assert main(["-d", DATASET, "-f", "all", "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1",
+                 "--device", "cpu", "--no-final-validation", "--head-init", head_init, "--preprocessed",
+                 str(roots.preprocessed), "--results", str(results)]) == 0
+    assert load_checkpoint(results / DATASET / "scratch" / "fold_all" / "checkpoint_final.pt"
+                           ).settings["head_init"] == head_init
+
+
 def test_moving_average_skips_epochs_with_nothing_to_score():
     """A NaN pseudo Dice (no foreground in the validation patches and none predicted) leaves the EMA as it was."""
     assert moving_average(None, 0.5) == 0.5

@@ -12,6 +12,7 @@ from covtransfer.devices import resolve_device
 from covtransfer.training.api import train
 from covtransfer.training.strategies import STRATEGY_NAMES, make_strategy
 from covtransfer.network.regional_compile import COMPILE_SCOPES
+from covtransfer.network.unet import FOREGROUND_PRIOR, HEAD_INITS
 from covtransfer.training.trainer import AMP_MODES, TrainingSettings
 
 
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision: auto = on GPUs only (bf16, or fp16 with loss scaling); on = also on the CPU "
                         "(bf16; only faster on CPUs with native bf16, over 10x slower on AVX2-only ones); off = fp32; bf16 or "
                         "fp16 name the format (fp16 with loss scaling, nnU-Net's choice, CUDA only)")
+    p.add_argument("--head-init", choices=HEAD_INITS, default=defaults.head_init,
+                   help="initial bias of the segmentation heads: prior = every foreground class starts at "
+                        f"probability {FOREGROUND_PRIOR}; zero = every class at 1/K, as nnU-Net (default "
+                        f"{defaults.head_init}; see documentation/training.md). Pre-trained heads are loaded over it")
     p.add_argument("--save-every", type=int, default=defaults.save_every,
                    help=f"write checkpoint_latest.pt every N epochs (default {defaults.save_every})")
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
@@ -77,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 compile_scope=args.compile_scope, amp=args.amp,
                                 save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
                                 source_weights=args.source_weights, final_validation=not args.no_final_validation,
-                                validation_tta=args.val_mirroring)
+                                validation_tta=args.val_mirroring, head_init=args.head_init)
     folder = train(args.dataset, strategy, args.fold, roots_from_args(args), settings, args.configuration,
                    args.pretrained, args.resume, args.tag, args.resume_from)
     print(f"done: {folder}")

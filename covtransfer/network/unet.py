@@ -23,13 +23,16 @@ NEGATIVE_SLOPE = 0.01
 # starts the heads at zero bias (p = 1/K): with lesions at under 1 % of the voxels, SGD with momentum 0.99 then
 # overshoots to p ≈ 1e-4 everywhere and the run can stay all-background for over 1,000 iterations.
 FOREGROUND_PRIOR = 0.01
+# How the heads' bias starts (--head-init): at FOREGROUND_PRIOR, or at zero bias as nnU-Net's heads do
+HEAD_INITS = ("prior", "zero")
+DEFAULT_HEAD_INIT = "prior"
 NORM_EPS = 1e-5
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module, head_init: str = DEFAULT_HEAD_INIT) -> None:
     """He (kaiming normal, a=0.01) init for every conv and transposed conv, zero bias, except the segmentation heads'
-    bias, which starts every foreground class at ``FOREGROUND_PRIOR``; other layers keep theirs."""
+    bias, which starts as ``head_init`` says (:meth:`SegmentationHeads.init_bias`); other layers keep theirs."""
     for m in module.modules():
         if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
             nn.init.kaiming_normal_(m.weight, a=NEGATIVE_SLOPE)
@@ -37,7 +40,7 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
     for m in module.modules():
         if isinstance(m, SegmentationHeads):
-            m.init_prior(FOREGROUND_PRIOR)
+            m.init_bias(head_init)
 
 
 class ConvBlock(nn.Module):
@@ -122,13 +125,17 @@ class SegmentationHeads(nn.ModuleDict):
                 raise CovtransferError(f"head set name {task!r} is reserved; choose another") from None
 
     @torch.no_grad()
-    def init_prior(self, prior: float) -> None:
-        """Biases that give every foreground class softmax probability ``prior`` (background the rest)."""
+    def init_bias(self, head_init: str) -> None:
+        """``prior``: biases that give every foreground class softmax probability ``FOREGROUND_PRIOR`` (background the
+        rest); ``zero``: zero biases, every class at 1/K."""
+        if head_init not in HEAD_INITS:
+            raise CovtransferError(f"--head-init {head_init!r}: use {' or '.join(HEAD_INITS)}")
         for heads in self.values():
             for head in heads:
                 n_foreground = head.out_channels - 1
                 head.bias.zero_()
-                head.bias[1:] = math.log(prior / (1 - n_foreground * prior))
+                if head_init == "prior":
+                    head.bias[1:] = math.log(FOREGROUND_PRIOR / (1 - n_foreground * FOREGROUND_PRIOR))
 
     def resolve_task(self, task: str | None) -> str:
         """The task name to use: ``None`` is the first head set; an unknown name is an error."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from covtransfer.network.unet import DEFAULT_HEAD_INIT
+
 AMP_MODES = ("auto", "on", "off", "bf16", "fp16")  # --amp: auto and on pick the format, bf16 and fp16 name it
 
 
@@ -30,3 +32,4 @@ class TrainingSettings:
     source_weights: list[float] | None = None
     final_validation: bool = True
     validation_tta: str = "auto"  # mirroring in final validation: auto (on GPUs only), on or off
+    head_init: str = DEFAULT_HEAD_INIT  # the heads' initial bias: "prior" or "zero" (network/unet.py)

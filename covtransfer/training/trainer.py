@@ -102,6 +102,7 @@ class Trainer:
         self.spec = network_spec(self.configuration, self.plans.num_input_channels, heads, strategy.network_kind)
         self.network = build_network(self.configuration, self.plans.num_input_channels, heads,
                                      kind=strategy.network_kind, deep_supervision=True)
+        self.network.heads.init_bias(settings.head_init)  # before the strategy loads any pre-trained heads
         self.load_report = strategy.initialise(self.network, pretrained, pretrained_source)
         groups = strategy.parameter_groups(self.network)
         # oneDNN's 3D convolutions run about a fifth faster on channels-last tensors on a CPU
