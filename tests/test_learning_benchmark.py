@@ -90,3 +90,21 @@ def test_head_init_rule_keeps_the_prior_only_if_it_is_not_lower_and_its_ci_reach
     worse = arms([0.5, 0.6, 0.7, 0.7], [0.6, 0.7, 0.8, 0.7])
     assert head_init_decision(worse, {"covid"}, {0}).startswith("zero bias: the prior fails the rule on covid")
     assert head_init_decision(better, {"covid"}, {0, 1}).startswith("undecided")
+
+
+def test_headline_tables_state_the_rule_and_the_targets_dataset_by_dataset():
+    cases = ["a", "b", "c"]
+    runs = dict([record("covtransfer_prior", 0, dict(zip(cases, (0.8, 0.6, 0.7))), [0.0, 0.3]),
+                 record("covtransfer_zero", 0, dict(zip(cases, (0.7, 0.5, 0.6))), [0.0, 0.0, 0.2]),
+                 record("nnunet_zero", 0, dict(zip(cases, (0.9, 0.7, 0.8))), [0.5]),
+                 record("covtransfer_prior", 0, dict(zip(cases, (0.5, 0.5, 0.5))), [0.5], kind="tumor"),
+                 record("nnunet_zero", 0, dict(zip(cases, (0.4, 0.5, 0.3))), [0.0, 0.5], kind="tumor")])
+    report = summarise(runs, list(runs), {})
+    # prior − zero: +10 points on every case; NSD is half the DSC in these records
+    assert row(report, "covid", "1", "70.0", "60.0", "+10.0 [+10.0, +10.0]").endswith("| 1 / 2 | passes |")
+    # prior − nnU-Net on covid: −10 on every case, and nnU-Net took off first
+    assert row(report, "covid", "1", "70.0 / 80.0", "35.0 / 40.0", "-10.0 [-10.0, -10.0]").endswith(
+        "| 1 / 0 | missed: DSC lower by 10.0; NSD lower by 5.0; CI upper -10.0; take-off later on 1 seed(s) |")
+    # on tumour: +10, 0, +20 points, mean +10.0, taking off first
+    assert row(report, "tumor", "1", "50.0 / 40.0").endswith("| 0 / 1 | met |")
+    assert "| tumor | 1 | 50.0 | " not in report  # no head-initialisation row: tumour has no zero-bias run
