@@ -151,7 +151,7 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
     for leftover in (folder, bench.roots.results / dataset.name / f"scratch__{tag}"):  # of an unfinished attempt
         shutil.rmtree(leftover, ignore_errors=True)
     folder.mkdir(parents=True)
-    commit = git_commit()
+    commit, load_at_start = git_commit(), os.getloadavg()[0]
     started = time.perf_counter()
     predictions = folder / "predictions"
     if run.tool == "covtransfer":
@@ -178,6 +178,8 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
                          commit)
     record["phases_s"] = {"train": round(trained - started, 1), "predict": round(predicted - trained, 1),
                           "score": round(time.perf_counter() - predicted, 1)}
+    # the machine's 1-minute load average at the start and end: wall times are comparable only at similar load
+    record["load"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
     if bench.nnunet_python is not None:
         record["surface_distance_max_diff"] = check_against_surface_distance(bench, folder, run.kind, cases)
     return record
