@@ -62,6 +62,10 @@ def _check_outputs(folder, printed: str, strategies=DEFAULT_STRATEGIES) -> None:
     assert table[0]["delta_dice"] == "n/a" and table[1]["wilcoxon_p_dice"] != ""
 
 
+# the smoke demo's setup runs inside the first test that uses it: 80 s of CPU, up to 280 s on a loaded machine
+DEMO_TIMEOUT = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("demo") / "out"
@@ -81,6 +85,7 @@ def study_run(tmp_path_factory):
     return base, printed
 
 
+@DEMO_TIMEOUT
 def test_demo_command_with_defaults(demo_run):
     output, printed = demo_run
     _check_outputs(output / "seed_0" / "study", printed)
@@ -95,6 +100,7 @@ def _embedded_images(page: str) -> list[bytes]:
     return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
 
 
+@DEMO_TIMEOUT
 def test_demo_report_html_names_every_strategy_and_embeds_decodable_images(demo_run):
     output, printed = demo_run
     report = output / "seed_0" / "study" / "report.html"
@@ -115,6 +121,7 @@ def test_demo_report_html_names_every_strategy_and_embeds_decodable_images(demo_
             f"<li>{strategy} (multi): \u2212" in page
 
 
+@DEMO_TIMEOUT
 def test_demo_report_renders_in_headless_chromium(demo_run, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from report_screenshot import find_browser, screenshot
@@ -132,6 +139,7 @@ def test_study_command_with_defaults(study_run):
     assert "--device cpu" in (base / "study" / "commands.txt").read_text()
 
 
+@DEMO_TIMEOUT
 def test_demo_refuses_bad_input(demo_run, capsys, tmp_path):
     output, _ = demo_run
     fresh = ["-o", str(tmp_path / "fresh")]
