@@ -61,7 +61,7 @@ def summarise(records: dict[Run, dict], planned: list[Run], stale: dict[Run, dic
     lines += ["", "Head initialisation: " + head_init_decision(by_arm, {r.kind for r in planned},
                                                                  {r.seed for r in planned})]
     missing = [run.name for run in planned if run not in records]
-    lines += ["", f"Runs: {len(records)} of {len(planned)} planned are in; missing ({len(missing)}): "
+    lines += ["", f"Runs: {len(planned) - len(missing)} of {len(planned)} planned are in; missing ({len(missing)}): "
               + (", ".join(missing) or "none") + "."]
     if stale:
         lines.append(f"Stale (made by an older training engine, left out above; trained again on the next run): "
