@@ -18,7 +18,7 @@ import numpy as np
 
 from covtransfer.experiments.paired import bootstrap_ci, wilcoxon_p
 from covtransfer.network.unet import DEFAULT_HEAD_INIT
-from learning_runs import TAKEOFF_DICE, Run, takeoff_epoch
+from learning_runs import TAKEOFF_DICE, Run, estimated_minutes, takeoff_epoch
 
 PRIOR, ZERO, NNUNET = "covtransfer_prior", "covtransfer_zero", "nnunet_zero"
 DEFAULT = f"covtransfer_{DEFAULT_HEAD_INIT}"  # the arm that trains as covtransfer_train does by default
@@ -60,9 +60,13 @@ def summarise(records: dict[Run, dict], planned: list[Run], stale: dict[Run, dic
               "", "| dataset | A / B | per seed | A earlier / same / later |", "|---|---|---|---|", *takeoff_rows]
     lines += ["", "Head initialisation: " + head_init_decision(by_arm, {r.kind for r in planned},
                                                                  {r.seed for r in planned})]
-    missing = [run.name for run in planned if run not in records]
+    missing = [run for run in planned if run not in records]
     lines += ["", f"Runs: {len(planned) - len(missing)} of {len(planned)} planned are in; missing ({len(missing)}): "
-              + (", ".join(missing) or "none") + "."]
+              + (", ".join(run.name for run in missing) or "none") + "."]
+    if missing and records:
+        hours = sum(estimated_minutes(records, run.tool) for run in missing) / 60
+        lines.append(f"The missing runs need about {hours:.1f} h of run time at the median wall time of each tool's "
+                     f"earlier runs ({hours / 2:.1f} h with --jobs 2 on two cores).")
     if stale:
         lines.append(f"Stale (made by an older training engine, left out above; trained again on the next run): "
                      f"{', '.join(run.name for run in stale)}.")

@@ -108,3 +108,14 @@ def test_headline_tables_state_the_rule_and_the_targets_dataset_by_dataset():
     # on tumour: +10, 0, +20 points, mean +10.0, taking off first
     assert row(report, "tumor", "1", "50.0 / 40.0").endswith("| 0 / 1 | met |")
     assert "| tumor | 1 | 50.0 | " not in report  # no head-initialisation row: tumour has no zero-bias run
+
+
+def test_the_report_estimates_the_missing_runs_from_each_tools_median_wall_time():
+    runs = dict([record("covtransfer_prior", 0, {"a": 0.5}, [0.1], wall_s=600),
+                 record("nnunet_zero", 0, {"a": 0.5}, [0.1], wall_s=1200)])
+    planned = list(runs) + [Run("covtransfer", init, "covid", seed) for init in ("prior", "zero") for seed in (1, 2)] \
+        + [Run("nnunet", "zero", "covid", seed) for seed in (1, 2)]
+    # four covtransfer runs of 10 minutes and two nnU-Net runs of 20: 80 minutes
+    assert "The missing runs need about 1.3 h of run time at the median wall time of each tool's earlier runs " \
+           "(0.7 h with --jobs 2 on two cores)." in summarise(runs, planned, {})
+
