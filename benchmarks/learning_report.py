@@ -53,8 +53,10 @@ def summarise(records: dict[Run, dict], planned: list[Run], stale: dict[Run, dic
             runs = {arm: by_arm[(dataset, arm)] for arm in pair}
             common = sorted(set(runs[pair[0]]) & set(runs[pair[1]]))
             took_off = [s for s in common if all(takeoff_epoch(runs[a][s]["curve"]) is not None for a in pair)]
-            for label, seeds in (("all", common), ("both took off", took_off)):
-                lines.append(_paired_row(dataset, pair, label, seeds, runs))
+            lines.append(_paired_row(dataset, pair, "all" if took_off != common else "all, all took off", common,
+                                     runs))
+            if took_off != common:
+                lines.append(_paired_row(dataset, pair, "both took off", took_off, runs))
             takeoff_rows.append(_takeoff_row(dataset, pair, common, runs))
     lines += ["", f"Take-off epoch per seed, A / B (EMA pseudo Dice > {TAKEOFF_DICE}; 'never': not within the run):",
               "", "| dataset | A / B | per seed | A earlier / same / later |", "|---|---|---|---|", *takeoff_rows]

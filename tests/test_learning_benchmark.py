@@ -108,6 +108,9 @@ def test_headline_tables_state_the_rule_and_the_targets_dataset_by_dataset():
     # on tumour: +10, 0, +20 points, mean +10.0, taking off first
     assert row(report, "tumor", "1", "50.0 / 40.0").endswith("| 0 / 1 | met |")
     assert "| tumor | 1 | 50.0 | " not in report  # no head-initialisation row: tumour has no zero-bias run
+    # in the detailed table, one row when every seed of both arms took off
+    assert row(report, "covid", "covtransfer_prior − covtransfer_zero", "all, all took off: 0")
+    assert "| covid | covtransfer_prior − covtransfer_zero | both took off" not in report
 
 
 def test_the_report_estimates_the_missing_runs_from_each_tools_median_wall_time():
