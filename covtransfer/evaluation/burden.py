@@ -54,11 +54,11 @@ def _burden(n_lung: int, n_lesion: int, n_high: int, voxel_ml: float) -> dict:
             "po": _percent(n_lesion, n_lung), "pho": _percent(n_high, n_lung)}
 
 
-def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> tuple[int, list[dict]]:
-    """The number of connected lesion components (26-connected) and the largest :data:`LISTED_LESIONS` of them,
-    largest first: volume (mL) and mean HU."""
+def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> tuple[int, list[dict], float | None]:
+    """The number of connected lesion components (26-connected), the largest :data:`LISTED_LESIONS` of them,
+    largest first (volume in mL and mean HU), and the mean HU of all lesion voxels (None without lesion)."""
     if not lesion.any():
-        return 0, []
+        return 0, [], None
     box = box_slices(lesion)
     components, count = ndimage.label(lesion[box], structure=np.ones((3, 3, 3), dtype=bool))
     inside = lesion[box]
@@ -66,8 +66,9 @@ def _lesions(image: np.ndarray, lesion: np.ndarray, voxel_ml: float) -> tuple[in
     sizes = np.bincount(ids, minlength=count + 1)[1:]
     sums = np.bincount(ids, weights=image[box][inside].astype(np.float64), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
-    return count, [{"volume_ml": float(sizes[i]) * voxel_ml, "mean_hu": float(sums[i] / sizes[i])}
-                   for i in order[:LISTED_LESIONS]]
+    listed = [{"volume_ml": float(sizes[i]) * voxel_ml, "mean_hu": float(sums[i] / sizes[i])}
+              for i in order[:LISTED_LESIONS]]
+    return count, listed, float(sums.sum() / sizes.sum())
 
 
 def _mask_of(segmentation: np.ndarray, values: list[int]) -> np.ndarray:
@@ -107,8 +108,7 @@ def case_statistics(image: np.ndarray, segmentation: np.ndarray, geometry: Geome
         stats[side] = _burden(*side_counts, voxel_ml)
         stats[side]["grade"] = severity_grade(stats[side]["po"])
     stats["total"] = _burden(*(sum(side) for side in zip(*sides)), voxel_ml)  # the sides split the lung
-    stats["lesion_count"], stats["lesions"] = _lesions(image, lesion, voxel_ml)
-    stats["lesion_mean_hu"] = float(image[lesion].mean()) if stats["lesion_count"] else None
+    stats["lesion_count"], stats["lesions"], stats["lesion_mean_hu"] = _lesions(image, lesion, voxel_ml)
     return stats
 
 
