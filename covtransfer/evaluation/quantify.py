@@ -67,13 +67,14 @@ def measure_case(image_path: Path, segmentation_path: Path, labels: dict[str, in
         raise CovtransferError(f"{segmentation_path}: {', '.join(fields)} differ(s) from the image {image_path}; "
                                "a segmentation must lie on its image's grid")
     segmentation = as_labels(segmentation, segmentation_path)
-    stats = measure(image, geometry, segmentation, labels, lung_values, str(segmentation_path))
-    return {"image": str(image_path), "segmentation": str(segmentation_path), **stats}
+    return measure(image, geometry, segmentation, labels, lung_values, str(segmentation_path))
 
 
-def record_case(output_folder: Path, case_id: str, stats: dict) -> dict:
-    """Write ``<case>.statistics.json`` atomically; returns the case's ``statistics.csv`` row."""
-    write_json(output_folder / f"{case_id}{STATISTICS_SUFFIX}", json_safe({"case": case_id, **stats}))
+def record_case(output_folder: Path, case_id: str, image_path: Path, segmentation_path: Path, stats: dict) -> dict:
+    """Write ``<case>.statistics.json`` (naming the CT and label map measured) atomically; returns the case's
+    ``statistics.csv`` row."""
+    record = {"case": case_id, "image": str(image_path), "segmentation": str(segmentation_path), **stats}
+    write_json(output_folder / f"{case_id}{STATISTICS_SUFFIX}", json_safe(record))
     return csv_row(case_id, stats)
 
 
@@ -88,7 +89,7 @@ def quantify_case(case_id: str, image_path: Path | None, segmentation_path: Path
         stats = measure_case(image_path, segmentation_path, labels, lung_values)
     except CovtransferError as exc:
         return {"case": case_id, "error": str(exc)}, str(exc)
-    return record_case(output_folder, case_id, stats), None
+    return record_case(output_folder, case_id, image_path, segmentation_path, stats), None
 
 
 def _cell(value) -> object:

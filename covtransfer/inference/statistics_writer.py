@@ -33,8 +33,7 @@ class StatisticsWriter:
         segmentation = output_folder / case.output_name()
         try:
             stats = measure(image, geometry, result.segmentation, self.labels, None, str(segmentation))
-            row = record_case(output_folder, case.case_id,
-                              {"image": str(case.images[0]), "segmentation": str(segmentation), **stats})
+            row = record_case(output_folder, case.case_id, case.images[0], segmentation, stats)
         except CovtransferError as exc:
             row = {"case": case.case_id, "error": str(exc)}
             print(f"warning: no statistics: {exc}", file=sys.stderr)
