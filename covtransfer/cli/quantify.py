@@ -7,8 +7,8 @@ import sys
 from typing import Sequence
 
 from covtransfer.cli.common import run_cli
-from covtransfer.evaluation.quantify import (STATISTICS_CSV, STATISTICS_SUFFIX, quantify_cases, refuse_raw_folder,
-                                             segmentation_labels, segmentation_pairs)
+from covtransfer.evaluation.quantify import (STATISTICS_CSV, STATISTICS_SUFFIX, quantify_cases, segmentation_labels,
+                                             segmentation_pairs)
 from covtransfer.inference.inputs import discover_cases
 
 
@@ -35,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    refuse_raw_folder(args.output)
     images = {case.case_id: case.images[0] for case in discover_cases(args.images)}
     rows, problems = quantify_cases(segmentation_pairs(images, args.segmentations), args.output,
                                     segmentation_labels(args.segmentations), args.lung_labels)
