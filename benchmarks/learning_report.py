@@ -96,7 +96,8 @@ def head_init_decision(by_arm: dict[tuple[str, str], dict[int, dict]], datasets:
 
 def compare(runs: dict[str, dict[int, dict]], pair: tuple[str, str], seeds: list[int]) -> dict:
     """Arm A against arm B over ``seeds``: mean DSC and NSD of each (percent), the per-case paired Δ (points) with
-    its bootstrap CI and Wilcoxon p, and the take-off epochs per seed (None: never)."""
+    its bootstrap CI and Wilcoxon p, how many cases A has better and worse (DSC), and the take-off epochs per seed
+    (None: never)."""
     out: dict = {"seeds": seeds}
     for metric in ("dice", "nsd"):
         index = 0 if metric == "dice" else 1
@@ -104,6 +105,8 @@ def compare(runs: dict[str, dict[int, dict]], pair: tuple[str, str], seeds: list
         diff = _case_differences(runs, pair, seeds, metric)
         out[f"{metric}_delta"], out[f"{metric}_ci"], out[f"{metric}_p"] = \
             float(diff.mean()), bootstrap_ci(diff), wilcoxon_p(diff)
+        if metric == "dice":
+            out["cases"], out["better"], out["worse"] = len(diff), int(np.sum(diff > 0)), int(np.sum(diff < 0))
     out["takeoff"] = [tuple(takeoff_epoch(runs[arm][s]["curve"]) for arm in pair) for s in seeds]
     return out
 
@@ -190,14 +193,9 @@ def _paired_row(dataset: str, pair: tuple[str, str], label: str, seeds: list[int
     first = f"| {dataset} | {pair[0]} − {pair[1]} | {label}:"
     if not seeds:
         return f"{first} none | | | | | | |"
-    cells = []
-    for metric in ("dice", "nsd"):
-        diff = _case_differences(runs, pair, seeds, metric)
-        low, high = bootstrap_ci(diff)
-        cells.append(f"{diff.mean():+.1f} [{low:+.1f}, {high:+.1f}] | {wilcoxon_p(diff):.3f}")
-        if metric == "dice":
-            better, worse = int(np.sum(diff > 0)), int(np.sum(diff < 0))
-    return f"{first} {', '.join(map(str, seeds))} | {len(diff)} | {cells[0]} | {cells[1]} | {better} / {worse} |"
+    c = compare(runs, pair, seeds)
+    return (f"{first} {', '.join(map(str, seeds))} | {c['cases']} | {_delta(c, 'dice')} | {_delta(c, 'nsd')} | "
+            f"{c['better']} / {c['worse']} |")
 
 
 def _takeoff_row(dataset: str, pair: tuple[str, str], seeds: list[int], runs: dict[str, dict[int, dict]]) -> str:
