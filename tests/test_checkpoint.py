@@ -10,7 +10,7 @@ import torch
 from covtransfer.errors import CovtransferError
 from covtransfer.inference.model_loading import load_model
 from covtransfer.network.build import build_from_checkpoint, build_from_spec, network_spec, unwrap_network
-from covtransfer.network.checkpoint import FORMAT, VERSION, Checkpoint
+from covtransfer.network.checkpoint import FORMAT, VERSION
 from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.training.checkpoint import newest_checkpoint
 from covtransfer.training.strategies import make_strategy

@@ -2,7 +2,6 @@
 scale (each in well under a minute on 2 cores), and the bad input they refuse with one line."""
 
 import base64
-import contextlib
 import csv
 import io
 import re
@@ -16,36 +15,10 @@ import pytest
 import torch
 
 from covtransfer.cli import demo, study, train
-from covtransfer.cli.common import run_cli
 from covtransfer.experiments.demo import SMOKE_SCALE, default_parallel, print_demo_summary, run_demo
 from covtransfer.experiments.spec import DEFAULT_STRATEGIES
-from tiny_data import write_raw_dataset
-
-STUDY_FLAGS = ["--target", "11", "--sources", "12", "13", "--folds", "all", "--preset", "cpu", "--epochs", "1",
-               "--iters-per-epoch", "2", "--val-iters", "1", "--no-tta", "-np", "1", "--fingerprint-voxels", "100000"]
-
-
-def _run(main, argv) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = run_cli(main, argv)
-    return code, out.getvalue()
-
-
-def _roots(base) -> list[str]:
-    return ["--raw", str(base / "raw"), "--preprocessed", str(base / "preprocessed"), "--results",
-            str(base / "results")]
-
-
-def _refused(main, argv, capsys, message: str) -> None:
-    capsys.readouterr()
-    code, _ = _run(main, argv)
-    err = capsys.readouterr().err
-    assert code == 1, err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]  # earlier lines can only be progress bars of finished preprocessing
-    assert last.startswith("error: ") and message in last, err
-
+from cli_checks import refusal, root_flags, run_command
+from tiny_data import STUDY_FLAGS, write_study_datasets
 
 def _check_outputs(folder, printed: str, strategies=DEFAULT_STRATEGIES) -> None:
     for name in ("results.csv", "results.md", "pretraining.csv", "study.json", "convergence.png",
@@ -69,7 +42,7 @@ DEMO_TIMEOUT = pytest.mark.timeout(900)
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("demo") / "out"
-    code, printed = _run(demo.main, ["--scale", "smoke", "-o", str(output)])
+    code, printed = run_command(demo.main, ["--scale", "smoke", "-o", str(output)])
     assert code == 0
     return output, printed
 
@@ -77,10 +50,8 @@ def demo_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("study_cli")
-    write_raw_dataset(base / "raw", 11, "Target", n_train=4, n_test=2, seed=1)
-    write_raw_dataset(base / "raw", 12, "SourceA", n_train=2, seed=2, intensity=400.0)
-    write_raw_dataset(base / "raw", 13, "SourceB", n_train=2, seed=3, intensity=500.0)
-    code, printed = _run(study.main, STUDY_FLAGS + _roots(base) + ["-o", str(base / "study")])
+    write_study_datasets(base / "raw")
+    code, printed = run_command(study.main, STUDY_FLAGS + root_flags(base) + ["-o", str(base / "study")])
     assert code == 0
     return base, printed
 
@@ -143,32 +114,32 @@ def test_study_command_with_defaults(study_run):
 def test_demo_refuses_bad_input(demo_run, capsys, tmp_path):
     output, _ = demo_run
     fresh = ["-o", str(tmp_path / "fresh")]
-    _refused(demo.main, ["--scale", "smoke", "--strategies", "scratch,magic"] + fresh, capsys, "unknown strategy")
-    _refused(demo.main, ["--scale", "smoke", "--strategies", ""] + fresh, capsys, "--strategies is empty")
-    _refused(demo.main, ["--scale", "huge"] + fresh, capsys, "--scale 'huge'")
-    _refused(demo.main, ["--scale", "smoke", "--seeds", "0"] + fresh, capsys, "at least one seed")
-    _refused(demo.main, ["--scale", "smoke", "--parallel", "0"] + fresh, capsys, "at least one job at a time")
+    refusal(demo.main, ["--scale", "smoke", "--strategies", "scratch,magic"] + fresh, capsys, "unknown strategy")
+    refusal(demo.main, ["--scale", "smoke", "--strategies", ""] + fresh, capsys, "--strategies is empty")
+    refusal(demo.main, ["--scale", "huge"] + fresh, capsys, "--scale 'huge'")
+    refusal(demo.main, ["--scale", "smoke", "--seeds", "0"] + fresh, capsys, "at least one seed")
+    refusal(demo.main, ["--scale", "smoke", "--parallel", "0"] + fresh, capsys, "at least one job at a time")
     assert not (tmp_path / "fresh").exists()
     # the smoke run's folder holds data and results of another scale
-    _refused(demo.main, ["--scale", "cpu", "-o", str(output)], capsys, "synthetic data of another demo run")
+    refusal(demo.main, ["--scale", "cpu", "-o", str(output)], capsys, "synthetic data of another demo run")
 
 
 def test_study_refuses_bad_input(study_run, capsys, tmp_path):
     base, _ = study_run
-    roots = _roots(base)
+    roots = root_flags(base)
     fresh = ["-o", str(tmp_path / "fresh")]
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--strategies", "scratch,magic"], capsys, "unknown strategy")
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--strategies", "pretrain"], capsys, "unknown strategy")
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "x"], capsys, "unknown fold 'x'")
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "0", "0"], capsys, "fold twice")
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "7"], capsys, "unknown fold 7")
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--sources", "11", "12"], capsys, "includes the target")
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--target", "99"], capsys, "no dataset with id 99")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--strategies", "scratch,magic"], capsys, "unknown strategy")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--strategies", "pretrain"], capsys, "unknown strategy")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "x"], capsys, "unknown fold 'x'")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "0", "0"], capsys, "fold twice")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--folds", "7"], capsys, "unknown fold 7")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--sources", "11", "12"], capsys, "includes the target")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--target", "99"], capsys, "no dataset with id 99")
     # the study folder holds results of another configuration
-    _refused(study.main, STUDY_FLAGS + roots + ["-o", str(base / "study"), "--epochs", "2"], capsys,
-             "holds a study of another configuration (pretrain_settings.epochs 1 there, 2 now; settings.epochs 1 there")
+    refusal(study.main, STUDY_FLAGS + roots + ["-o", str(base / "study"), "--epochs", "2"], capsys,
+            "holds a study of another configuration (pretrain_settings.epochs 1 there, 2 now; settings.epochs 1 there")
     # a fresh study folder, but the results root holds models trained with other settings
-    _refused(study.main, STUDY_FLAGS + roots + fresh + ["--epochs", "2"], capsys, "was trained with other settings")
+    refusal(study.main, STUDY_FLAGS + roots + fresh + ["--epochs", "2"], capsys, "was trained with other settings")
 
 
 def test_study_refuses_a_pretraining_from_sources_planned_otherwise(study_run, capsys, tmp_path):
@@ -178,8 +149,8 @@ def test_study_refuses_a_pretraining_from_sources_planned_otherwise(study_run, c
         shutil.copytree(base / name, copy / name)
     # planned again with the default planner, the target's plans no longer match those the pre-training used
     flags = [f for f in STUDY_FLAGS if f not in ("--preset", "cpu")]
-    _refused(study.main, flags + _roots(copy) + ["-o", str(copy / "study")], capsys,
-             "was trained with plans other than those of Dataset011_Target")
+    refusal(study.main, flags + root_flags(copy) + ["-o", str(copy / "study")], capsys,
+            "was trained with plans other than those of Dataset011_Target", after_progress=True)
 
 
 def test_help_is_plain_text_and_the_study_usage_marks_its_datasets_required(capsys):

@@ -1,7 +1,5 @@
 """The fast CPU path (OpenVINO) against the plain PyTorch path, and the --fast / nnU-Net-style predict flags."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch

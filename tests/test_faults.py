@@ -187,7 +187,7 @@ def test_a_lock_from_another_host_is_refused_with_the_hint_to_delete_it(tmp_path
     path = write_lock(tmp_path, 1, host="elsewhere")
     with pytest.raises(CovtransferError) as error:
         run_lock.acquire(tmp_path)
-    assert f"run on another host (pid 1 on host elsewhere" in one_line(error, tmp_path)
+    assert "run on another host (pid 1 on host elsewhere" in one_line(error, tmp_path)
     assert str(error.value).endswith(f"if it does not, delete {path}")
 
 

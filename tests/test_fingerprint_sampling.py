@@ -6,7 +6,6 @@ import pytest
 
 from covtransfer.planning.fingerprint import (analyse_case, compute_fingerprint, draw_counts, intensity_statistics,
                                               weighted_intensity_statistics)
-from test_planning import tiny_dataset  # noqa: F401 (the fixture)
 
 KEYS = ("mean", "std", "min", "max", "median", "percentile_00_5", "percentile_99_5")
 

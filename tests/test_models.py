@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from covtransfer.cli import export_model, install_model, plan_and_preprocess, predict, train as train_cli
-from covtransfer.cli.common import run_cli
 from covtransfer.config import Roots
 from covtransfer.data.image_io import read_image
 from covtransfer.evaluation.postprocessing import POSTPROCESSING_FILE
@@ -24,6 +23,7 @@ from covtransfer.network.checkpoint_io import load_checkpoint
 from covtransfer.training.api import train
 from covtransfer.training.strategies import make_strategy
 from covtransfer.training.trainer import TrainingSettings
+from cli_checks import refusal, root_flags
 from tiny_data import FINGERPRINT_VOXELS, preprocessed_roots, write_raw_dataset
 
 TARGET, SRC1, SRC2, OTHER_LABELS, OWN_PLANS = 1, 2, 3, 5, 6
@@ -35,19 +35,6 @@ TRANSFER = ("continual", "finetune", "encoder", "hybrid")
 def settings() -> TrainingSettings:
     return TrainingSettings(epochs=1, iters_per_epoch=1, val_iters=0, device="cpu", save_every=1000,
                             final_validation=False, validation_tta="off")
-
-
-def flags(roots: Roots) -> list[str]:
-    return ["--raw", str(roots.raw), "--preprocessed", str(roots.preprocessed), "--results", str(roots.results)]
-
-
-def refused(main, argv: list[str], capsys, message: str) -> str:
-    """Run a command that must fail with exit 1 and one ``error:`` line holding ``message``; returns the line."""
-    capsys.readouterr()
-    assert run_cli(main, argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
-    return err.strip()
 
 
 def set_licence(roots: Roots, dataset: str, licence: str) -> None:
@@ -76,7 +63,7 @@ def roots(tmp_path_factory) -> Roots:
 def package(roots, tmp_path_factory) -> Path:
     """The target's scratch model exported with the command's defaults."""
     output = tmp_path_factory.mktemp("package") / "covid.zip"
-    assert export_model.main(["-d", str(TARGET), "-t", "scratch", "-o", str(output)] + flags(roots)) == 0
+    assert export_model.main(["-d", str(TARGET), "-t", "scratch", "-o", str(output)] + root_flags(roots)) == 0
     return output
 
 
@@ -88,7 +75,7 @@ def pretraining(roots, tmp_path_factory) -> Path:
     citation.write_text("Roe R., Lesions everywhere, 2026\n")
     argv = ["-d", str(SRC1), str(SRC2), "-t", "pretrain", "-o", str(output), "--name", "lesions", "--license",
             "unknown", "--citation", str(citation)]
-    assert export_model.main(argv + flags(roots)) == 0
+    assert export_model.main(argv + root_flags(roots)) == 0
     return output
 
 
@@ -141,10 +128,10 @@ def test_a_model_installed_elsewhere_predicts_by_name_exactly_as_the_original(ro
     results = tmp_path / "fresh_results"
     assert install_model.main([str(package), "--results", str(results), "--name", "covid"]) == 0
     images = ["-i", str(roots.raw / TARGET_NAME / "imagesTs")]
-    original = predicted(images + ["-d", str(TARGET), "-t", "scratch"] + flags(roots), tmp_path / "original")
+    original = predicted(images + ["-d", str(TARGET), "-t", "scratch"] + root_flags(roots), tmp_path / "original")
     by_name = predicted(images + ["-m", "covid", "--results", str(results)], tmp_path / "by_name")
     from_zip = predicted(images + ["-m", str(package), "--results", str(results), "--fast"], tmp_path / "zip")
-    fast = predicted(images + ["-d", str(TARGET), "-t", "scratch", "--fast"] + flags(roots), tmp_path / "fast")
+    fast = predicted(images + ["-d", str(TARGET), "-t", "scratch", "--fast"] + root_flags(roots), tmp_path / "fast")
     assert list(original) == ["covid_ts000.nii.gz", "covid_ts001.nii.gz"]
     for case in original:
         np.testing.assert_array_equal(by_name[case], original[case])
@@ -159,13 +146,13 @@ def test_the_runs_postprocessing_rules_travel_with_the_package(roots, tmp_path, 
     output = tmp_path / "ruled.zip"
     capsys.readouterr()
     assert export_model.main(["-d", str(TARGET), "-t", "scratch", "--tag", "rules", "-o", str(output)]
-                             + flags(roots)) == 0
+                             + root_flags(roots)) == 0
     assert "post-processing rules" in capsys.readouterr().out
     results = tmp_path / "results"
     assert install_model.main([str(output), "--results", str(results), "--name", "ruled"]) == 0
     assert json.loads((results / "models" / "ruled" / POSTPROCESSING_FILE).read_text()) == rules
     images = ["-i", str(roots.raw / TARGET_NAME / "imagesTs"), "--postprocess"]
-    original = predicted(images + ["-d", str(TARGET), "-t", "scratch", "--tag", "rules"] + flags(roots),
+    original = predicted(images + ["-d", str(TARGET), "-t", "scratch", "--tag", "rules"] + root_flags(roots),
                          tmp_path / "original")
     installed = predicted(images + ["-m", "ruled", "--results", str(results)], tmp_path / "installed")
     for case in original:
@@ -176,15 +163,15 @@ def test_a_package_without_rules_refuses_postprocess_and_bad_rules_are_not_packa
                                                                                      capsys):
     results = tmp_path / "results"
     assert install_model.main([str(package), "--results", str(results), "--name", "plain"]) == 0
-    refused(predict.main, ["-i", str(roots.raw / TARGET_NAME / "imagesTs"), "-o", str(tmp_path / "out"), "-m",
+    refusal(predict.main, ["-i", str(roots.raw / TARGET_NAME / "imagesTs"), "-o", str(tmp_path / "out"), "-m",
                            "plain", "--results", str(results), "--postprocess"], capsys, POSTPROCESSING_FILE)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"largest_component_foreground": "yes"}))
     output = tmp_path / "bad.zip"
-    argv = ["-d", str(TARGET), "-t", "scratch", "-o", str(output), "--postprocessing", str(bad)] + flags(roots)
-    refused(export_model.main, argv, capsys, f"{bad}: 'largest_component_foreground' must be true or false")
-    refused(export_model.main, argv[:-len(flags(roots)) - 1] + [str(tmp_path / "none.json")] + flags(roots), capsys,
-            "no such post-processing rules file")
+    argv = ["-d", str(TARGET), "-t", "scratch", "-o", str(output), "--postprocessing", str(bad)] + root_flags(roots)
+    refusal(export_model.main, argv, capsys, f"{bad}: 'largest_component_foreground' must be true or false")
+    missing = argv[:-len(root_flags(roots)) - 1] + [str(tmp_path / "none.json")] + root_flags(roots)
+    refusal(export_model.main, missing, capsys, "no such post-processing rules file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "results"]
 
 
@@ -245,7 +232,7 @@ def test_a_damaged_tampered_or_foreign_package_is_refused_in_one_line_and_nothin
         bad = tmp_path / "model.zip"
         bad.write_text("{}")
     results = tmp_path / "results"
-    line = refused(install_model.main, [str(bad), "--results", str(results)], capsys, message)
+    line = refusal(install_model.main, [str(bad), "--results", str(results)], capsys, message)
     assert line.startswith(f"error: {bad}: ")
     assert not results.exists() and not (tmp_path.parent / "evil.txt").exists()
 
@@ -254,7 +241,7 @@ def test_installing_a_name_twice_needs_overwrite(package, tmp_path, capsys):
     results = ["--results", str(tmp_path / "results")]
     assert install_model.main([str(package)] + results) == 0
     folder = tmp_path / "results" / "models" / f"{TARGET_NAME}_scratch"
-    refused(install_model.main, [str(package)] + results, capsys, f"{folder}: a model named {folder.name} is already "
+    refusal(install_model.main, [str(package)] + results, capsys, f"{folder}: a model named {folder.name} is already "
             "installed; pass --overwrite")
     (folder / "fold_0" / "checkpoint_final.pt").write_bytes(b"broken")
     assert install_model.main([str(package), "--overwrite"] + results) == 0
@@ -264,11 +251,12 @@ def test_installing_a_name_twice_needs_overwrite(package, tmp_path, capsys):
 
 def test_export_without_a_licence_is_refused_unless_unknown_is_said(roots, pretraining, tmp_path, capsys):
     output = tmp_path / "lesions.zip"
-    argv = ["-d", str(SRC1), str(SRC2), "-t", "pretrain", "-o", str(output)] + flags(roots)
-    refused(export_model.main, argv, capsys, "no licence stated for Dataset002_Tumour, Dataset003_Effusion")
+    argv = ["-d", str(SRC1), str(SRC2), "-t", "pretrain", "-o", str(output)] + root_flags(roots)
+    refusal(export_model.main, argv, capsys, "no licence stated for Dataset002_Tumour, Dataset003_Effusion")
     assert not output.exists() and not list(tmp_path.iterdir())
-    refused(export_model.main, argv[:-6] + ["-o", str(tmp_path / "x.tar")] + flags(roots), capsys, "is a .zip file")
-    refused(export_model.main, ["-d", str(TARGET), "-t", "scratch", "-f", "3", "-o", str(output)] + flags(roots),
+    refusal(export_model.main, argv[:-6] + ["-o", str(tmp_path / "x.tar")] + root_flags(roots), capsys,
+            "is a .zip file")
+    refusal(export_model.main, ["-d", str(TARGET), "-t", "scratch", "-f", "3", "-o", str(output)] + root_flags(roots),
             capsys, "fold_3/checkpoint_final.pt: not found; finished folds: 0, 1")
     manifest = json.loads(zipfile.ZipFile(pretraining).read(MANIFEST))
     assert manifest["licence"] == "unknown" and manifest["folds"] == ["all"]
@@ -292,7 +280,7 @@ def test_a_transferred_model_exports_its_pretraining_and_inherits_its_licence(ro
     train([TARGET], make_strategy("hybrid"), 0, roots, settings(), pretrained=str(pretraining), tag="shared")
     output = tmp_path / "hybrid.zip"
     assert export_model.main(["-d", str(TARGET), "-t", "hybrid", "--tag", "shared", "-o", str(output)]
-                             + flags(roots)) == 0
+                             + root_flags(roots)) == 0
     with zipfile.ZipFile(output) as archive:
         manifest = json.loads(archive.read(MANIFEST))
         licence = archive.read("LICENSE").decode()
@@ -304,7 +292,7 @@ def test_a_transferred_model_exports_its_pretraining_and_inherits_its_licence(ro
 def test_predicting_with_a_name_that_is_not_installed_lists_the_installed_models(roots, package, tmp_path, capsys):
     results = tmp_path / "results"
     assert install_model.main([str(package), "--results", str(results), "--name", "covid"]) == 0
-    refused(predict.main, ["-m", "covd", "-i", str(roots.raw / TARGET_NAME / "imagesTs"), "-o", str(tmp_path / "o"),
+    refusal(predict.main, ["-m", "covd", "-i", str(roots.raw / TARGET_NAME / "imagesTs"), "-o", str(tmp_path / "o"),
                            "--results", str(results)], capsys,
             f"covd: no such file or folder, nor a model installed in {results / 'models'} (installed: covid;")
     assert not (tmp_path / "o").exists()
@@ -340,25 +328,25 @@ def test_a_target_with_other_labels_is_planned_from_the_package_and_its_heads_re
 def test_a_package_planned_differently_from_the_target_is_refused_naming_plans_from(roots, pretraining, capsys):
     write_raw_dataset(roots.raw, OWN_PLANS, "Own", 2, seed=OWN_PLANS, shape=(12, 40, 24))
     assert plan_and_preprocess.main(["-d", str(OWN_PLANS), "--preset", "cpu", "-np", "1", "--fingerprint-voxels",
-                                     str(FINGERPRINT_VOXELS)] + flags(roots)) == 0
+                                     str(FINGERPRINT_VOXELS)] + root_flags(roots)) == 0
     before = sorted(roots.results.rglob("*"))
-    line = refused(train_cli.main, ["-d", str(OWN_PLANS), "-t", "encoder", "--pretrained", str(pretraining)]
-                   + flags(roots), capsys, "differs from")
+    line = refusal(train_cli.main, ["-d", str(OWN_PLANS), "-t", "encoder", "--pretrained", str(pretraining)]
+                   + root_flags(roots), capsys, "differs from")
     assert line.endswith(f"plan Dataset006_Own with the package's plans (covtransfer_plan_and_preprocess -d "
                          f"Dataset006_Own --plans-from {pretraining}) and train again")
     assert sorted(roots.results.rglob("*")) == before
 
 
 def test_a_package_of_several_folds_or_a_finished_strategy_is_refused_as_a_pretraining(roots, package, capsys):
-    refused(train_cli.main, ["-d", str(TARGET), "-t", "continual", "--pretrained", str(package)] + flags(roots),
+    refusal(train_cli.main, ["-d", str(TARGET), "-t", "continual", "--pretrained", str(package)] + root_flags(roots),
             capsys, "holds 2 folds (0, 1); transfer starts from one")
     hybrid = train([TARGET], make_strategy("hybrid"), 0, roots, settings(),
-                   pretrained=roots.results / f"Pretrain__Dataset002_Tumour__Dataset003_Effusion" / "pretrain" /
+                   pretrained=roots.results / "Pretrain__Dataset002_Tumour__Dataset003_Effusion" / "pretrain" /
                    "fold_all", tag="finished")
-    refused(train_cli.main, ["-d", str(TARGET), "-t", "hybrid", "-f", "1", "--pretrained", str(hybrid)]
-            + flags(roots), capsys, "a finished -t hybrid model, a hybrid network (a dedicated and an adapted "
+    refusal(train_cli.main, ["-d", str(TARGET), "-t", "hybrid", "-f", "1", "--pretrained", str(hybrid)]
+            + root_flags(roots), capsys, "a finished -t hybrid model, a hybrid network (a dedicated and an adapted "
             "encoder joined by fusion units), not a pre-trained U-Net; -t hybrid starts from a U-Net checkpoint")
     dataset_json = roots.results / TARGET_NAME / "scratch" / "dataset.json"
-    refused(train_cli.main, ["-d", str(TARGET), "-t", "hybrid", "-f", "1", "--pretrained", str(dataset_json)]
-            + flags(roots), capsys, f"{dataset_json}: not a checkpoint but a JSON file")
+    refusal(train_cli.main, ["-d", str(TARGET), "-t", "hybrid", "-f", "1", "--pretrained", str(dataset_json)]
+            + root_flags(roots), capsys, f"{dataset_json}: not a checkpoint but a JSON file")
     assert not (roots.results / TARGET_NAME / "hybrid" / "fold_1").exists()

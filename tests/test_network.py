@@ -13,21 +13,9 @@ from covtransfer.network.fusion import SelectiveFusion, hidden_size
 from covtransfer.network.hybrid import HybridUNet
 from covtransfer.network.unet import DEFAULT_HEAD_INIT, FOREGROUND_PRIOR, UNet
 from covtransfer.plans import Configuration
+from tiny_models import ANISOTROPIC, ISOTROPIC, make_configuration, patch_input
 
 
-def make_configuration(features=(4, 8, 16), kernels=None, strides=None, patch=(16, 32, 32), n_conv=2,
-                       n_conv_decoder=2) -> Configuration:
-    n = len(features)
-    kernels = kernels or [[3, 3, 3]] * n
-    strides = strides or [[1, 1, 1]] + [[2, 2, 2]] * (n - 1)
-    return Configuration(name="tiny", spacing=[1.0, 1.0, 1.0], patch_size=list(patch), batch_size=2,
-                         features_per_stage=list(features), kernel_sizes=[list(k) for k in kernels],
-                         strides=[list(s) for s in strides], median_image_size=list(patch), n_conv_per_stage=n_conv,
-                         n_conv_per_stage_decoder=n_conv_decoder)
-
-
-ISOTROPIC = make_configuration()
-ANISOTROPIC = make_configuration(kernels=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]])
 PLANS = {
     "isotropic": ISOTROPIC,
     "anisotropic": ANISOTROPIC,
@@ -45,11 +33,6 @@ def level_sizes(configuration: Configuration) -> list[tuple[int, ...]]:
         size = [s // t for s, t in zip(size, stride)]
         sizes.append(tuple(size))
     return sizes
-
-
-def patch_input(configuration: Configuration, batch: int = 2, channels: int = 1, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, channels, *configuration.patch_size, generator=generator)
 
 
 @pytest.fixture(autouse=True)

@@ -263,28 +263,6 @@ def write_case(folder, case_id: str, image: np.ndarray, label: np.ndarray, spaci
     write_image(folder / "labelsTr" / f"{case_id}.nii.gz", label, geometry)
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path):
-    """Three cases with zero borders (cropped away) and a foreground block each."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "Dataset001_Test"
-    info = ct_info(num_training=3)
-    info.save(folder)
-    cases = {}
-    for index, (shape, box, spacing) in enumerate((((10, 12, 14), (2, 9, 1, 11, 3, 12), (2.0, 0.7, 0.7)),
-                                                   ((8, 16, 12), (0, 8, 2, 14, 0, 12), (3.0, 0.8, 0.8)),
-                                                   ((12, 10, 10), (1, 11, 1, 9, 1, 9), (2.5, 0.9, 0.9)))):
-        image = np.zeros(shape, dtype=np.int16)
-        z0, z1, y0, y1, x0, x1 = box
-        block = rng.integers(-1000, 1000, (z1 - z0, y1 - y0, x1 - x0))
-        image[z0:z1, y0:y1, x0:x1] = np.where(block == 0, 1, block)
-        label = np.zeros(shape, dtype=np.uint8)
-        label[z0 + 1:z1 - 1, y0 + 1:y1 - 2, x0 + 2:x1 - 1] = 1
-        write_case(folder, f"case_{index}", image, label, spacing)
-        cases[f"case_{index}"] = (image, label, box, shape, spacing)
-    return folder, info, cases
-
-
 def test_fingerprint_statistics_match_numpy(tiny_dataset):
     folder, info, cases = tiny_dataset
     budget = 3000

@@ -8,6 +8,7 @@ import pytest
 from covtransfer.cli import demo, determine_postprocessing, evaluate, plan_and_preprocess, predict, study, train
 from covtransfer.cli.common import run_cli
 from covtransfer.data.raw_guard import raw_dataset_containing
+from cli_checks import refusal
 from tiny_data import preprocessed_roots, write_raw_dataset
 
 
@@ -22,24 +23,12 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*"))
 
 
-def _refused(main, argv, capsys, *words: str) -> str:
-    capsys.readouterr()
-    code = run_cli(main, argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err and captured.out == ""
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
-
 def test_evaluate_refuses_references_scored_against_themselves(raw, capsys):
     root, dataset = raw
     before = _files(dataset)
     labels = str(dataset / "labelsTs")
-    _refused(evaluate.main, ["-r", labels, "-p", labels], capsys, "labelsTs", "-p", "-r")
-    _refused(determine_postprocessing.main, ["-r", labels, "-p", labels], capsys, "labelsTs", "-p", "-r")
+    refusal(evaluate.main, ["-r", labels, "-p", labels], capsys, "labelsTs", "-p", "-r")
+    refusal(determine_postprocessing.main, ["-r", labels, "-p", labels], capsys, "labelsTs", "-p", "-r")
     assert _files(dataset) == before
 
 
@@ -51,14 +40,14 @@ def test_summary_is_never_written_into_a_raw_dataset(raw, tmp_path, capsys):
         (copy / path.name).write_bytes(path.read_bytes())
     before = _files(dataset)
     # -p inside the raw dataset and no -o: the default place beside the predictions is refused
-    line = _refused(evaluate.main, ["-r", str(copy), "-p", str(dataset / "labelsTs")], capsys,
-                    "summary.json", str(dataset), "-o")
+    line = refusal(evaluate.main, ["-r", str(copy), "-p", str(dataset / "labelsTs")], capsys,
+                   "summary.json", str(dataset), "-o")
     assert "raw dataset" in line
     for where in (dataset / "labelsTr" / "s.json", dataset / "s.json", dataset / "new" / "s.json"):
-        _refused(evaluate.main, ["-r", str(dataset / "labelsTs"), "-p", str(copy), "-o", str(where)], capsys,
-                 str(where), "raw dataset")
-        _refused(determine_postprocessing.main, ["-r", str(dataset / "labelsTs"), "-p", str(copy), "-o", str(where)],
-                 capsys, str(where), "raw dataset")
+        refusal(evaluate.main, ["-r", str(dataset / "labelsTs"), "-p", str(copy), "-o", str(where)], capsys,
+                str(where), "raw dataset")
+        refusal(determine_postprocessing.main, ["-r", str(dataset / "labelsTs"), "-p", str(copy), "-o", str(where)],
+                capsys, str(where), "raw dataset")
     assert _files(dataset) == before
     # outside the dataset it is written as before
     assert run_cli(evaluate.main, ["-r", str(dataset / "labelsTs"), "-p", str(copy)]) == 0
@@ -70,12 +59,12 @@ def test_outputs_of_predict_study_demo_and_preprocessing_refused_inside_raw(raw,
     before = _files(tmp_path)
     inside = str(dataset / "predictions")
     roots = ["--raw", str(root), "--results", str(tmp_path / "results")]
-    _refused(predict.main, ["-i", str(dataset / "imagesTs"), "-o", inside, "-d", "1", "-t", "scratch", *roots],
-             capsys, inside, "raw dataset")
-    _refused(study.main, ["--target", "1", "--sources", "1", "-o", inside, *roots], capsys, inside)
-    _refused(demo.main, ["-o", str(dataset / "imagesTr")], capsys, "imagesTr", "raw dataset")
-    _refused(plan_and_preprocess.main, ["-d", "1", "--raw", str(root), "--preprocessed", str(root)], capsys,
-             str(dataset), "--preprocessed")
+    refusal(predict.main, ["-i", str(dataset / "imagesTs"), "-o", inside, "-d", "1", "-t", "scratch", *roots],
+            capsys, inside, "raw dataset")
+    refusal(study.main, ["--target", "1", "--sources", "1", "-o", inside, *roots], capsys, inside)
+    refusal(demo.main, ["-o", str(dataset / "imagesTr")], capsys, "imagesTr", "raw dataset")
+    refusal(plan_and_preprocess.main, ["-d", "1", "--raw", str(root), "--preprocessed", str(root)], capsys,
+            str(dataset), "--preprocessed")
     assert _files(tmp_path) == before
 
 
@@ -95,6 +84,6 @@ def test_what_counts_as_a_raw_dataset_folder(raw, tmp_path):
 def test_training_results_are_never_written_into_a_raw_dataset(tmp_path, capsys):
     roots = preprocessed_roots(tmp_path, {1: ("Blob", 2, 0)})
     before = _files(roots.raw)
-    _refused(train.main, ["-d", "1", "-f", "all", "--preprocessed", str(roots.preprocessed), "--raw", str(roots.raw),
-                          "--results", str(roots.raw)], capsys, "Dataset001_Blob", "--results")
+    refusal(train.main, ["-d", "1", "-f", "all", "--preprocessed", str(roots.preprocessed), "--raw", str(roots.raw),
+                         "--results", str(roots.raw)], capsys, "Dataset001_Blob", "--results")
     assert _files(roots.raw) == before

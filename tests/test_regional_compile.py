@@ -8,7 +8,7 @@ from covtransfer.network.build import build_network
 from covtransfer.network.fusion import SelectiveFusion
 from covtransfer.network.regional_compile import compile_blocks
 from covtransfer.network.unet import ConvBlock
-from test_network import ANISOTROPIC, patch_input
+from tiny_models import ANISOTROPIC, patch_input
 
 
 @pytest.mark.parametrize("kind", ["unet", "hybrid"])

@@ -19,17 +19,11 @@ from covtransfer.experiments.launch_slurm import SlurmOptions, submit_slurm
 from covtransfer.experiments.spec import StudySpec
 from covtransfer.experiments.study import Study
 from covtransfer.training.trainer import TrainingSettings
-from test_commands import STUDY_FLAGS, _refused, _roots, _run
-from tiny_data import write_raw_dataset
+from cli_checks import refusal, root_flags, run_command
+from tiny_data import STUDY_FLAGS, write_study_datasets
 
 pytest.importorskip("submitit")
 SCRATCH = STUDY_FLAGS + ["--strategies", "scratch"]
-
-
-def _datasets(base) -> None:
-    write_raw_dataset(base / "raw", 11, "Target", n_train=4, n_test=2, seed=1)
-    write_raw_dataset(base / "raw", 12, "SourceA", n_train=2, seed=2, intensity=400.0)
-    write_raw_dataset(base / "raw", 13, "SourceB", n_train=2, seed=3, intensity=500.0)
 
 
 def _results(folder) -> list[dict]:
@@ -40,17 +34,17 @@ def _results(folder) -> list[dict]:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("local")
-    _datasets(base)
-    code, printed = _run(study.main, SCRATCH + _roots(base) + ["-o", str(base / "study"), "--launcher", "local",
-                                                               "--max-parallel", "2"])
+    write_study_datasets(base / "raw")
+    code, printed = run_command(study.main, SCRATCH + root_flags(base) + ["-o", str(base / "study"), "--launcher",
+                                                                          "local", "--max-parallel", "2"])
     assert code == 0, printed
     return base, printed
 
 
 def test_dry_run_prints_the_graph_of_the_published_protocol(tmp_path, capsys):
-    _datasets(tmp_path)
-    argv = ["--target", "11", "--sources", "12", "13", "--pretrain", "both"] + _roots(tmp_path)
-    code, printed = _run(study.main, argv + ["--dry-run"])
+    write_study_datasets(tmp_path / "raw")
+    argv = ["--target", "11", "--sources", "12", "13", "--pretrain", "both"] + root_flags(tmp_path)
+    code, printed = run_command(study.main, argv + ["--dry-run"])
     assert code == 0
     # 2 planning jobs, 3 pre-trainings, 5 folds x (scratch + 4 strategies x 3 pre-trainings) x (train + predict), 1
     assert printed.splitlines()[0] == f"{2 + 3 + 5 * 13 * 2 + 1} jobs, 0 done (skipped), {2 + 3 + 130 + 1} to run:"
@@ -71,8 +65,8 @@ def test_local_launcher_equals_inline(local_run, tmp_path):
         assert f"finished {name}" in printed and (base / "study" / "logs" / f"{name}.log").is_file()
     commands = (base / "study" / "commands.txt").read_text().splitlines()
     assert len(commands) == 6 and commands[-1].startswith("covtransfer_study --job aggregate -o ")
-    _datasets(tmp_path)
-    code, _ = _run(study.main, SCRATCH + _roots(tmp_path) + ["-o", str(tmp_path / "study")])
+    write_study_datasets(tmp_path / "raw")
+    code, _ = run_command(study.main, SCRATCH + root_flags(tmp_path) + ["-o", str(tmp_path / "study")])
     assert code == 0
     assert _results(tmp_path / "study") == _results(base / "study")
 
@@ -118,12 +112,12 @@ def test_killed_training_is_resumed_on_the_next_invocation(local_run, capsys):
     (fold / "checkpoint_final.pt").rename(fold / "checkpoint_latest.pt")
     epochs = (fold / "metrics.jsonl").read_text()
     before = _results(base / "study")
-    flags = SCRATCH + _roots(base) + ["-o", str(base / "study"), "--launcher", "local", "--max-parallel", "2"]
-    _, graph = _run(study.main, flags + ["--dry-run"])
+    flags = SCRATCH + root_flags(base) + ["-o", str(base / "study"), "--launcher", "local", "--max-parallel", "2"]
+    _, graph = run_command(study.main, flags + ["--dry-run"])
     assert graph.splitlines()[0] == "6 jobs, 3 done (skipped), 3 to run:"
     assert "[done, skip] pretrain_multi" in graph and "[to run] predict_scratch_fold_all" in graph
     assert "-t scratch -f all" in graph and graph.count("--continue") == 1
-    code, printed = _run(study.main, flags)
+    code, printed = run_command(study.main, flags)
     assert code == 0
     assert "done already, skipped: plan_target, plan_sources, pretrain_multi" in printed
     assert "resumed from checkpoint_latest.pt" in (base / "study" / "logs" / "train_scratch_fold_all.log").read_text()
@@ -133,16 +127,16 @@ def test_killed_training_is_resumed_on_the_next_invocation(local_run, capsys):
 
 def test_bad_launcher_options_are_refused(local_run, capsys):
     base, _ = local_run
-    argv = SCRATCH + _roots(base) + ["-o", str(base / "study")]
-    _refused(study.main, argv + ["--gpus", "0"], capsys, "--gpus: only with --launcher local")
-    _refused(study.main, argv + ["--launcher", "slurm"], capsys, "needs --partition")
-    _refused(study.main, argv + ["--launcher", "slurm", "--partition", "p", "--time", "1h"], capsys, "--time 1h")
-    _refused(study.main, argv + ["--launcher", "slurm", "--partition", "p", "--slurm-arg", "x"], capsys, "KEY=VALUE")
-    _refused(study.main, argv + ["--launcher", "local", "--max-parallel", "0"], capsys, "at least 1")
-    _refused(study.main, argv + ["--launcher", "local", "--gpus", "0,0"], capsys, "distinct GPU ids")
-    _refused(study.main, ["--job", "aggregate"] + _roots(base), capsys, "--job needs -o")
-    _refused(study.main, ["--job", "train_scratch_fold_all", "-o", str(base / "study")] + _roots(base), capsys,
-             "not a predict or aggregate job")
+    argv = SCRATCH + root_flags(base) + ["-o", str(base / "study")]
+    refusal(study.main, argv + ["--gpus", "0"], capsys, "--gpus: only with --launcher local")
+    refusal(study.main, argv + ["--launcher", "slurm"], capsys, "needs --partition")
+    refusal(study.main, argv + ["--launcher", "slurm", "--partition", "p", "--time", "1h"], capsys, "--time 1h")
+    refusal(study.main, argv + ["--launcher", "slurm", "--partition", "p", "--slurm-arg", "x"], capsys, "KEY=VALUE")
+    refusal(study.main, argv + ["--launcher", "local", "--max-parallel", "0"], capsys, "at least 1")
+    refusal(study.main, argv + ["--launcher", "local", "--gpus", "0,0"], capsys, "distinct GPU ids")
+    refusal(study.main, ["--job", "aggregate"] + root_flags(base), capsys, "--job needs -o")
+    refusal(study.main, ["--job", "train_scratch_fold_all", "-o", str(base / "study")] + root_flags(base), capsys,
+            "not a predict or aggregate job")
 
 
 # ---------------------------------------------------------------------------------------------------- SLURM
@@ -183,7 +177,7 @@ def _submission(folder, job_id: str) -> tuple[list[str], list[str]]:
 
 
 def test_slurm_submissions_dependencies_and_resubmission(slurm_commands, tmp_path, capsys):
-    _datasets(tmp_path)
+    write_study_datasets(tmp_path / "raw")
     roots = Roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "res")
     settings = TrainingSettings(epochs=2, iters_per_epoch=2, val_iters=1, device="auto", final_validation=False)
     spec = StudySpec(target="11", sources=["12", "13"], strategies=["scratch", "finetune"], folds=["0"],

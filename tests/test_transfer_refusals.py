@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from covtransfer.cli import train as train_cli
-from covtransfer.cli.common import run_cli
 from covtransfer.config import Roots
 from covtransfer.errors import CovtransferError
 from covtransfer.inference.model_loading import load_model
 from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 from covtransfer.training.api import train
 from covtransfer.training.strategies import make_strategy
+from cli_checks import refusal, root_flags
 from transfer_setup import (CONFIG, OTHER, SRC1, SRC2, TARGET, TARGET_NAME, TRANSFER, names, pretrained, results_tree,  # noqa: F401
                             roots, settings, source, target_trainer)
 
@@ -110,13 +110,8 @@ def test_wrong_pretrained_usage_is_refused(roots, pretrained):
 ])
 def test_freeze_for_a_strategy_that_does_not_take_it_is_refused(roots, pretrained, strategy, freeze, match, capsys):
     before = results_tree(roots)
-    argv = ["-d", str(TARGET), "-t", strategy, "--freeze", freeze, "--pretrained", str(pretrained),
-            "--raw", str(roots.raw), "--preprocessed", str(roots.preprocessed), "--results", str(roots.results)]
-    with pytest.raises(CovtransferError, match=match):
-        train_cli.main(argv)
-    assert run_cli(train_cli.main, argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    argv = ["-d", str(TARGET), "-t", strategy, "--freeze", freeze, "--pretrained", str(pretrained)] + root_flags(roots)
+    refusal(train_cli.main, argv, capsys, match)
     assert results_tree(roots) == before
 
 

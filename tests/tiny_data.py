@@ -12,6 +12,10 @@ from covtransfer.data.image_io import Geometry, write_image
 from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 
 FINGERPRINT_VOXELS = 10 ** 5  # the fingerprint's foreground sample budget: plenty for volumes of a few thousand voxels
+# covtransfer_study at smoke scale on the tiny datasets 11 (the target), 12 and 13 (the sources)
+STUDY_FLAGS = ["--target", "11", "--sources", "12", "13", "--folds", "all", "--preset", "cpu", "--epochs", "1",
+               "--iters-per-epoch", "2", "--val-iters", "1", "--no-tta", "-np", "1", "--fingerprint-voxels",
+               str(FINGERPRINT_VOXELS)]
 
 
 def blob_case(rng: np.random.Generator, shape=(16, 32, 32), intensity: float = 300.0,
@@ -40,6 +44,13 @@ def write_raw_dataset(raw_root: Path, dataset_id: int, name: str, n_train: int, 
             write_image(folder / f"labels{subset}" / f"{case}.nii.gz", label, geometry)
     DatasetInfo(name, {0: "CT"}, {"background": 0, "lesion": 1}, n_train).save(folder)
     return folder
+
+
+def write_study_datasets(raw_root: Path) -> None:
+    """The raw datasets of ``STUDY_FLAGS``: a target with test cases and two brighter sources."""
+    write_raw_dataset(raw_root, 11, "Target", n_train=4, n_test=2, seed=1)
+    write_raw_dataset(raw_root, 12, "SourceA", n_train=2, seed=2, intensity=400.0)
+    write_raw_dataset(raw_root, 13, "SourceB", n_train=2, seed=3, intensity=500.0)
 
 
 def preprocessed_roots(base: Path, datasets: dict[int, tuple[str, int, int]], plans_from: int | None = None

@@ -1,5 +1,6 @@
-"""Tiny plans, checkpoints and input cases for the inference and command tests: two-stage networks on 8×16×16
-patches, random bodies with a zero border, and a pointwise threshold model whose output is known exactly."""
+"""Tiny configurations, plans, checkpoints and input cases for the network, inference and command tests:
+two-stage networks on 8×16×16 patches, random bodies with a zero border, and a pointwise threshold model whose
+output is known exactly."""
 
 from pathlib import Path
 
@@ -13,6 +14,29 @@ from covtransfer.network.build import build_network
 from covtransfer.network.checkpoint import Checkpoint
 from covtransfer.network.checkpoint_io import save_checkpoint as write_checkpoint
 from covtransfer.plans import ChannelNormalization, Configuration, Plans
+
+
+def make_configuration(features=(4, 8, 16), kernels=None, strides=None, patch=(16, 32, 32), n_conv=2,
+                       n_conv_decoder=2) -> Configuration:
+    """A one-channel configuration at 1 mm of the given stage features, kernels, strides and patch."""
+    n = len(features)
+    kernels = kernels or [[3, 3, 3]] * n
+    strides = strides or [[1, 1, 1]] + [[2, 2, 2]] * (n - 1)
+    return Configuration(name="tiny", spacing=[1.0, 1.0, 1.0], patch_size=list(patch), batch_size=2,
+                         features_per_stage=list(features), kernel_sizes=[list(k) for k in kernels],
+                         strides=[list(s) for s in strides], median_image_size=list(patch), n_conv_per_stage=n_conv,
+                         n_conv_per_stage_decoder=n_conv_decoder)
+
+
+ISOTROPIC = make_configuration()
+ANISOTROPIC = make_configuration(kernels=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]])
+
+
+def patch_input(configuration: Configuration, batch: int = 2, channels: int = 1, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal batch of the configuration's patch size."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, *configuration.patch_size, generator=generator)
+
 
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 

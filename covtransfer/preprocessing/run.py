@@ -127,7 +127,9 @@ def preprocess_dataset(raw_folder: str | os.PathLike, preprocessed_folder: str |
         jobs += [_Job(name, folder, case) for case in cases if overwrite or not is_finished(folder, case.case_id)]
 
     workers = max(1, min(int(num_processes), len(jobs)))
-    with tqdm(total=len(jobs), desc=f"preprocessing {preprocessed_folder.name}", unit="case") as progress:
+    # nothing to do (all cases preprocessed before): no empty progress bar
+    with tqdm(total=len(jobs), desc=f"preprocessing {preprocessed_folder.name}", unit="case",
+              disable=not jobs) as progress:
         if workers == 1:
             for job in jobs:
                 _run_job(plans, job)
