@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ellipsoid_case import ellipsoid_case
 from predict_nnunet import NNUNET_RESAMPLING
 
 DATASET = "Dataset900_Bench"
@@ -92,19 +93,6 @@ def plans_for(spec: dict) -> dict:
                 "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}}}
 
 
-def synthetic_case(shape: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``train_step.py``'s recipe: standard-normal intensities + 2 inside three random ellipsoid lesions."""
-    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
-    seg = np.zeros(shape, dtype=np.int16)
-    for _ in range(3):
-        centre = [rng.uniform(0.2, 0.8) * s for s in shape]
-        radius = [rng.uniform(0.05, 0.12) * s for s in shape]
-        seg[sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius)) <= 1] = 1
-    data = rng.standard_normal(shape, dtype=np.float32)
-    data += 2 * seg
-    return data[None], seg[None]
-
-
 def write_dataset(roots: dict[str, Path], spec: dict, plans: dict, n_cases: int, seed: int = 0) -> list[str]:
     """Preprocessed cases as nnU-Net's DefaultPreprocessor stores them (Blosc2 + a .pkl with class locations),
     plus dataset.json, plans, a fingerprint and a fold-0 split, under ``nnUNet_preprocessed``."""
@@ -120,7 +108,7 @@ def write_dataset(roots: dict[str, Path], spec: dict, plans: dict, n_cases: int,
     case_ids = []
     for i in range(n_cases):
         case_id = f"bench_{i:03d}"
-        data, seg = synthetic_case(shape, rng)
+        data, seg = ellipsoid_case(shape, rng)
         properties = {"spacing": spec["spacing"], "shape_before_cropping": shape,
                       "bbox_used_for_cropping": [[0, s] for s in shape],
                       "shape_after_cropping_and_before_resampling": shape,

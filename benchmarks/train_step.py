@@ -49,6 +49,7 @@ from covtransfer.planning.planner import plan_experiment  # noqa: E402
 from covtransfer.plans import ChannelNormalization, Configuration, Plans  # noqa: E402
 from covtransfer.training.strategies import Hybrid, Strategy  # noqa: E402
 from covtransfer.training.trainer import AMP_MODES, Trainer, TrainingSettings, TrainingTask  # noqa: E402
+from ellipsoid_case import ellipsoid_case  # noqa: E402
 from step_profile import format_breakdown, profile_step  # noqa: E402
 
 TASK = "Dataset900_Bench"
@@ -100,19 +101,12 @@ def write_cases(folder: Path, patch: list[int], n_cases: int = 4, seed: int = 0)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     shape = [int(1.5 * p) for p in patch]
-    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
     case_ids = []
     for i in range(n_cases):
-        seg = np.zeros(shape, dtype=np.int8)
-        for _ in range(3):
-            centre = [rng.uniform(0.2, 0.8) * s for s in shape]
-            radius = [rng.uniform(0.05, 0.12) * s for s in shape]
-            seg[sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius)) <= 1] = 1
-        data = rng.standard_normal(shape, dtype=np.float32)
-        data += 2 * seg
+        data, seg = ellipsoid_case(shape, rng, np.int8)
         case_id = f"bench_{i:03d}"
-        np.savez(folder / f"{case_id}.npz", data=data[None], seg=seg[None])
-        locations = np.argwhere(seg == 1)
+        np.savez(folder / f"{case_id}.npz", data=data, seg=seg)
+        locations = np.argwhere(seg[0] == 1)
         locations = locations[rng.choice(len(locations), min(len(locations), 10_000), replace=False)]
         (folder / f"{case_id}.json").write_text(json.dumps({"case_id": case_id,
                                                             "class_locations": {"1": locations.tolist()}}))
