@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from covtransfer.training.augment.sampling import balanced_factor, coin
+
 
 @dataclass(frozen=True)
 class Draws:
@@ -37,3 +39,17 @@ class SampledTransform:
     def __call__(self, images: torch.Tensor, seg: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.apply(images, seg, self.sample(images.shape[0], images.shape[1], generator))
+
+
+class ChannelFactorTransform(SampledTransform):
+    """A transform of a fraction ``p`` of samples by one factor per channel from ``factor_range``, drawn half below
+    and half above 1 as nnU-Net draws them (brightness, contrast)."""
+
+    def __init__(self, p: float = 0.15, factor_range: tuple[float, float] = (0.75, 1.25)) -> None:
+        self.p = p
+        self.factor_range = factor_range
+
+    def sample(self, batch: int, channels: int, generator: torch.Generator) -> Draws:
+        """Which samples change, and a factor per sample and channel."""
+        apply = coin(generator, (batch,), self.p)
+        return Draws(apply, balanced_factor(generator, (batch, channels), *self.factor_range))

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from covtransfer.training.augment.base import Draws, SampledTransform
-from covtransfer.training.augment.sampling import balanced_factor, broadcastable, coin
+from covtransfer.training.augment.base import ChannelFactorTransform, Draws
+from covtransfer.training.augment.sampling import broadcastable
 
 
-class MultiplicativeBrightness(SampledTransform):
+class MultiplicativeBrightness(ChannelFactorTransform):
     """Multiply every channel of a fraction ``p`` of samples by a factor in ``factor_range`` (half below 1)."""
-
-    def __init__(self, p: float = 0.15, factor_range: tuple[float, float] = (0.75, 1.25)) -> None:
-        self.p = p
-        self.factor_range = factor_range
-
-    def sample(self, batch: int, channels: int, generator: torch.Generator) -> Draws:
-        """Which samples are scaled, and a factor per sample and channel."""
-        apply = coin(generator, (batch,), self.p)
-        return Draws(apply, balanced_factor(generator, (batch, channels), *self.factor_range))
 
     def apply(self, images: torch.Tensor, seg: torch.Tensor, params: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """Multiply the chosen samples' channels by their factors."""

@@ -7,24 +7,18 @@ from __future__ import annotations
 
 import torch
 
-from covtransfer.training.augment.base import Draws, SampledTransform
-from covtransfer.training.augment.sampling import balanced_factor, broadcastable, coin, selected
+from covtransfer.training.augment.base import ChannelFactorTransform, Draws
+from covtransfer.training.augment.sampling import broadcastable, selected
 
 
-class Contrast(SampledTransform):
+class Contrast(ChannelFactorTransform):
     """``x -> (x - mean) * f + mean`` per channel for a fraction ``p`` of samples, optionally clipped to the old range.
     """
 
     def __init__(self, p: float = 0.15, factor_range: tuple[float, float] = (0.75, 1.25),
                  preserve_range: bool = True) -> None:
-        self.p = p
-        self.factor_range = factor_range
+        super().__init__(p, factor_range)
         self.preserve_range = preserve_range
-
-    def sample(self, batch: int, channels: int, generator: torch.Generator) -> Draws:
-        """Which samples are stretched, and a factor per sample and channel."""
-        apply = coin(generator, (batch,), self.p)
-        return Draws(apply, balanced_factor(generator, (batch, channels), *self.factor_range))
 
     def apply(self, images: torch.Tensor, seg: torch.Tensor, params: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """Stretch the chosen samples' channels about their means by their factors."""
