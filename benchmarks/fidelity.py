@@ -21,7 +21,11 @@ A row passes when |z| < 3 (rates), KS p > 0.01 (distributions), the extremes are
 
 Usage::
 
-    python benchmarks/fidelity.py --nnunet-venv /tmp/nnunet [--draws 20000] [--json OUT]
+    python benchmarks/fidelity.py --nnunet-venv /tmp/nnunet [--draws 20000] [--patch Z Y X] [--json OUT]
+
+``--patch 8 32 32`` (thinner along z than a third of its largest side) audits the dummy-2D path that nnU-Net takes
+for thick-slice data: in-plane rotation by up to ±180°, in-plane scaling, no z resampling in the low-resolution
+simulation, and the initial patch that keeps the final z extent.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ from covtransfer.network.unet import FOREGROUND_PRIOR
 from covtransfer.plans import Configuration
 from covtransfer.preprocessing.preprocessor import sample_class_locations
 from covtransfer.training.augment.pipeline import build_training_pipeline
+from covtransfer.training.augment.spatial import is_dummy_2d
 from covtransfer.training.sampler import crop_padded
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import fidelity_covtransfer as ours  # noqa: E402  (a sibling script, not a package)
 
-PATCH = (24, 32, 32)
+PATCH = (24, 32, 32)  # 3D augmentation; a patch thinner along z (max / z > 3) takes the dummy-2D path
 CHANNELS = 2
 LABELS = [1, 2]
 # one case larger than the patch, one smaller than it along z and y with odd padding
@@ -166,7 +171,9 @@ def augmentation_rows(mine: dict, theirs: dict, initial: Sequence[int]) -> list[
     """Part 1: every rate (z) and every value distribution (range, KS p), and the initial patch."""
     theirs_initial = theirs["initial_patch"].tolist()
     rows = [row("augmentation", "initial patch size", "×".join(map(str, initial)), "×".join(map(str, theirs_initial)),
-                "equal", list(initial) == theirs_initial)]
+                "equal", list(initial) == theirs_initial),
+            row("augmentation", "dummy 2D (in-plane spatial augmentation)", str(bool(mine["dummy_2d"])),
+                str(bool(theirs["dummy_2d"])), "equal", bool(mine["dummy_2d"]) == bool(theirs["dummy_2d"]))]
     for key in [k for k in mine if k.startswith("rate/")]:
         a, b = mine[key], theirs[key]
         z = rate_z(a, b)
@@ -180,14 +187,15 @@ def augmentation_rows(mine: dict, theirs: dict, initial: Sequence[int]) -> list[
     return rows
 
 
-def patch_rows(labels: dict[str, np.ndarray], mine: dict, theirs: dict, initial: Sequence[int]) -> list[dict]:
+def patch_rows(labels: dict[str, np.ndarray], mine: dict, theirs: dict, initial: Sequence[int],
+               patch: Sequence[int]) -> list[dict]:
     """Parts 2 and 3: patch fractions (KS p) and the extremes of the starts per axis (equal)."""
     fractions, extremes = [], []
     for case, label in labels.items():
         for mode in ("random", "forced"):
             a_starts, b_starts = mine[f"starts/{case}/{mode}"], theirs[f"starts/{case}/{mode}"]
-            a = patch_fractions(label, a_starts, initial, PATCH)
-            b = patch_fractions(label, b_starts, theirs["initial_patch"], PATCH)
+            a = patch_fractions(label, a_starts, initial, patch)
+            b = patch_fractions(label, b_starts, theirs["initial_patch"], patch)
             for measure in a:
                 p = ks_p(a[measure], b[measure])
                 fractions.append(row("patches", f"{case} {list(label.shape)}, {mode}: {measure}",
@@ -277,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nnunet-venv", type=Path, required=True, help="virtual environment with nnunetv2 2.8.1")
     parser.add_argument("--draws", type=int, default=20_000, help="augmented samples drawn per tool")
     parser.add_argument("--patches", type=int, default=2_000, help="patch starts per case, mode and tool")
+    parser.add_argument("--patch", type=int, nargs=3, default=PATCH, metavar=("Z", "Y", "X"),
+                        help=f"final patch size (default {' '.join(map(str, PATCH))}); one thinner along z than a third "
+                             "of its largest side (e.g. 8 32 32) audits the dummy-2D augmentation of thick-slice data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the rows and settings here")
@@ -286,10 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     labels = label_volumes()
     locations = {case: {int(k): np.asarray(v, np.int64).reshape(-1, 3)
                         for k, v in sample_class_locations(label, LABELS).items()} for case, label in labels.items()}
-    initial = build_training_pipeline(PATCH).initial_patch_size
+    patch = tuple(args.patch)
+    initial = build_training_pipeline(patch).initial_patch_size
     images, segs = loss_batches(LOSS_SEEDS, NETWORK.batch_size, NETWORK.patch_size)
     blob = gaussian_blob(BLOB_SHAPE, BLOB_CENTRE, 4.0)
-    settings = {"draws": args.draws, "channels": CHANNELS, "patch": list(PATCH), "labels": LABELS,
+    settings = {"draws": args.draws, "channels": CHANNELS, "patch": list(patch), "dummy_2d": is_dummy_2d(patch),
+                "labels": LABELS,
                 "cases": list(labels), "seed": args.seed, "patches": args.patches, "prior": FOREGROUND_PRIOR,
                 "loss_seeds": LOSS_SEEDS, "network": {"features": NETWORK.features_per_stage,
                                                       "kernels": NETWORK.kernel_sizes, "strides": NETWORK.strides}}
@@ -297,11 +310,12 @@ def main(argv: list[str] | None = None) -> None:
               **{f"label/{case}": label for case, label in labels.items()},
               **{f"locations/{case}/{k}": v for case, per_label in locations.items() for k, v in per_label.items()}}
     theirs = run_nnunet(args.nnunet_venv, inputs, args.threads)
-    mine = ours.augmentation_draws(PATCH, args.draws, CHANNELS, args.seed)
-    mine.update(ours.patch_starts({c: (labels[c], locations[c]) for c in labels}, PATCH, initial, args.patches,
+    mine = {"dummy_2d": np.asarray(is_dummy_2d(patch)), **ours.augmentation_draws(patch, args.draws, CHANNELS,
+                                                                                    args.seed)}
+    mine.update(ours.patch_starts({c: (labels[c], locations[c]) for c in labels}, patch, initial, args.patches,
                                   args.seed))
     mine.update(ours.initial_losses(NETWORK, images, segs, LOSS_SEEDS))
-    rows = augmentation_rows(mine, theirs, initial) + patch_rows(labels, mine, theirs, initial) + \
+    rows = augmentation_rows(mine, theirs, initial) + patch_rows(labels, mine, theirs, initial, patch) + \
         loss_rows(mine, theirs) + lowres_rows(blob, ours.lowres_volumes(blob, ZOOMS), theirs["lowres"])
     header = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {machine()}, {time.time() - started:.0f} s"
     print(header + "\n\n" + markdown(rows))

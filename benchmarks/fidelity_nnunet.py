@@ -32,6 +32,7 @@ from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransfo
 from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.pseudo2d import Convert3DTo2DTransform
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
@@ -58,9 +59,12 @@ def make_trainer(settings: dict) -> nnUNetTrainer:
 
 
 def euler_angles(affine: np.ndarray) -> tuple[list[float], float]:
-    """Angles (about axes 0, 1, 2) and the common scale of ``create_affine_matrix_3d``'s ``Rz Ry Rx S``."""
+    """Angles (about axes 0, 1, 2) and the common scale of ``create_affine_matrix_3d``'s ``Rz Ry Rx S``, or of
+    ``create_affine_matrix_2d``'s in-plane ``R S`` (dummy 2D: a rotation about axis 0 alone)."""
     scale = float(np.linalg.norm(affine[:, 0]))
     r = affine / scale
+    if r.shape == (2, 2):
+        return [math.atan2(r[1, 0], r[0, 0]), 0.0, 0.0], scale
     return [math.atan2(r[2, 1], r[2, 2]), -math.asin(max(-1.0, min(1.0, r[2, 0]))), math.atan2(r[1, 0], r[0, 0])], scale
 
 
@@ -105,7 +109,7 @@ def record_inner(recorder: Recorder, inner, params: dict | None) -> None:
             recorder.values[name].extend(params["multipliers"].tolist())
     elif isinstance(inner, SimulateLowResolutionTransform):
         recorder.channels_hit(name, params["apply_to_channel"].tolist())
-        recorder.values[name].extend(float(s[0]) for s in params["scales"])
+        recorder.values[name].extend(float(s[-1]) for s in params["scales"])  # dummy 2D: z (axis 0) stays 1
     elif isinstance(inner, GammaTransform):
         recorder.channels_hit(name, params["apply_to_channel"].tolist())
         if params["gamma"] is not None:
@@ -132,10 +136,12 @@ def augmentation_draws(transforms, settings: dict) -> dict[str, np.ndarray]:
     """``settings['draws']`` samples through every random transform of nnU-Net's training pipeline."""
     recorder = Recorder(settings["channels"])
     image = torch.zeros((settings["channels"], *settings["initial_patch"]))
+    # dummy 2D: the spatial transform sees the z slices as channels of a 2D image
+    spatial_input = image.flatten(0, 1) if any(isinstance(t, Convert3DTo2DTransform) for t in transforms) else image
     for _ in range(settings["draws"]):
         for transform in transforms:
             if isinstance(transform, SpatialTransform):
-                record_spatial(recorder, transform.get_parameters(image=image))
+                record_spatial(recorder, transform.get_parameters(image=spatial_input))
             elif isinstance(transform, RandomTransform):
                 applied = transform.get_parameters(image=image)["apply_transform"]
                 inner = transform.transform
@@ -220,7 +226,7 @@ def main(inputs_path: str, out_path: str) -> None:
     initial = [int(i) for i in initial]
     transforms = nnUNetTrainer.get_training_transforms(
         settings["patch"], rotation, trainer._get_deep_supervision_scales(), mirror_axes, dummy_2d).transforms
-    results = {"initial_patch": np.asarray(initial), **augmentation_draws(transforms, {**settings,
+    results = {"initial_patch": np.asarray(initial), "dummy_2d": np.asarray(bool(dummy_2d)), **augmentation_draws(transforms, {**settings,
                                                                                       "initial_patch": initial})}
     results.update(patch_starts(inputs, settings, initial))
     results.update(initial_losses(inputs, settings, trainer))

@@ -82,3 +82,15 @@ def test_markdown_marks_failing_rows_and_counts_them():
     assert "| a | 1 | 1 | KS p = 0.5 | yes |" in text
     assert "| b | 0.9 | 0.1 | mean ≤ 0.25 | **no** |" in text
     assert text.endswith("1 of 2 rows pass; failing: b")
+
+
+def test_a_flat_patch_draws_in_plane_rotations_up_to_half_a_turn():
+    """The dummy-2D path of thick-slice data: rotations about z alone, beyond the 3D path's ±30°."""
+    from fidelity_covtransfer import augmentation_draws
+
+    drawn = augmentation_draws((8, 32, 32), 2000, 1, seed=0)
+    about_z = drawn["value/rotation_z"]
+    assert len(about_z) > 300 and not drawn["value/rotation_y"].any() and not drawn["value/rotation_x"].any()
+    assert np.abs(about_z).max() <= math.pi and np.abs(about_z).max() > 3.0 and (np.abs(about_z) > 1.0).mean() > 0.6
+    three_d = augmentation_draws((24, 32, 32), 2000, 1, seed=0)
+    assert np.abs(three_d["value/rotation_y"]).max() <= math.radians(30) < np.abs(about_z).max()
