@@ -18,7 +18,8 @@ never tuned on; ``--data-round`` moves to the next unseen draw): ``covid`` (4 tr
 Each finished run writes ``<tool>_<init>_<dataset>_<seed>.json`` into ``--results`` (``benchmarks/results/learning``
 by default; ``learning_runs.py``), and ``--commit`` commits it at once, so the benchmark grows in slices that survive
 the session that ran them. A run whose file is there is not trained again (nnU-Net's runs are made once and kept); a
-covtransfer run made by an older training engine is stale and trained again. ``--budget-minutes`` starts no run that
+covtransfer run made by an older training engine is stale and trained again, and one predicted by an older export is
+predicted again from its kept model (``--work`` keeps covtransfer's models). ``--budget-minutes`` starts no run that
 the wall times of earlier runs say cannot finish in time. The report (``learning.md`` and ``learning_curves.png``
 beside the run files; ``learning_report.py``) is written from whatever runs are there and names the missing ones.
 
@@ -46,12 +47,13 @@ from typing import NamedTuple
 from covtransfer.config import Roots
 from covtransfer.datasets.synthetic import make_synthetic_dataset
 from covtransfer.evaluation.evaluate import evaluate_case
+from covtransfer.inference import EXPORT_VERSION
 from covtransfer.training import ENGINE_VERSION
 from covtransfer.training.api import read_metrics
 from covtransfer.workflow.plan_and_preprocess import plan_and_preprocess
 from learning_report import plot_curves, summarise
 from learning_runs import ARMS, RESULTS, Run, commit_file, estimated_minutes, git_commit, is_stale, load_records, \
-    make_record, write_record
+    make_record, only_export_stale, write_record
 
 HERE = Path(__file__).resolve().parent
 NNUNET_ENGINE = "nnunetv2 2.8.1"
@@ -143,12 +145,26 @@ def prepare(bench: Bench, dataset: str, with_nnunet: bool) -> None:
         marker.write_text("ok\n")
 
 
+def covtransfer_model(bench: Bench, run: Run) -> Path:
+    """The fold folder covtransfer's run trains into (kept in ``--work``)."""
+    tag = f"learning{run.seed}_{run.init}"
+    return bench.roots.results / bench.dataset_folder(run.kind).name / f"scratch__{tag}" / "fold_all"
+
+
+def predict_covtransfer(bench: Bench, run: Run, predictions: Path) -> None:
+    """covtransfer's prediction of the test cases with the run's model, without mirroring."""
+    shutil.rmtree(predictions, ignore_errors=True)
+    bench.covtransfer("covtransfer_predict", "-i", str(bench.dataset_folder(run.kind) / "imagesTs"), "-o",
+                      str(predictions), "-m", str(covtransfer_model(bench, run)), "--no-tta", "--device", "cpu",
+                      "--quiet")
+
+
 def train_and_predict(bench: Bench, run: Run) -> dict:
     """Train, predict the test cases and score them; returns the run's record (not yet written)."""
     folder = bench.work / "runs" / run.name
     dataset = bench.dataset_folder(run.kind)
     tag = f"learning{run.seed}_{run.init}"
-    for leftover in (folder, bench.roots.results / dataset.name / f"scratch__{tag}"):  # of an unfinished attempt
+    for leftover in (folder, covtransfer_model(bench, run).parent):  # of an unfinished attempt
         shutil.rmtree(leftover, ignore_errors=True)
     folder.mkdir(parents=True)
     commit, load_at_start = git_commit(), os.getloadavg()[0]
@@ -160,10 +176,8 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
                           "--iters-per-epoch", str(bench.iters), "--val-iters", str(bench.val_iters),
                           "--seed", str(run.seed), "--device", "cpu", "--amp", "off", "--no-final-validation")
         trained = time.perf_counter()
-        bench.covtransfer("covtransfer_predict", "-i", str(dataset / "imagesTs"), "-o", str(predictions),
-                          "-d", dataset.name, "-t", "scratch", "--tag", tag, "-f", "all", "--no-tta",
-                          "--device", "cpu", "--quiet")
-        history = read_metrics(bench.roots.results / dataset.name / f"scratch__{tag}" / "fold_all")
+        predict_covtransfer(bench, run, predictions)
+        history = read_metrics(covtransfer_model(bench, run))
         curve, engine = [r["ema_dice"] for r in history], str(ENGINE_VERSION)
     else:
         model = folder / "model"
@@ -176,6 +190,8 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
     cases = score(dataset / "labelsTs", predictions)
     record = make_record(run, cases, curve, time.perf_counter() - started, bench.protocol, engine,
                          commit)
+    if run.tool == "covtransfer":
+        record["export"] = EXPORT_VERSION
     record["phases_s"] = {"train": round(trained - started, 1), "predict": round(predicted - trained, 1),
                           "score": round(time.perf_counter() - predicted, 1)}
     # the machine's 1-minute load average at the start and end: wall times are comparable only at similar load
@@ -183,6 +199,24 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
     if bench.nnunet_python is not None:
         record["surface_distance_max_diff"] = check_against_surface_distance(bench, folder, run.kind, cases)
     return record
+
+
+def predict_again(bench: Bench, run: Run, record: dict) -> dict:
+    """A covtransfer run's record with its test cases predicted and scored again by this checkout's export, from the
+    model the run trained; the training fields (curve, take-off, training time) stay, the earlier scores are kept
+    under ``earlier_export``."""
+    folder = bench.work / "runs" / run.name
+    started = time.perf_counter()
+    predict_covtransfer(bench, run, folder / "predictions")
+    predicted = time.perf_counter()
+    cases = score(bench.dataset_folder(run.kind) / "labelsTs", folder / "predictions")
+    again = {**record, "cases": cases, "export": EXPORT_VERSION,
+             "earlier_export": {"export": record.get("export", 1), "cases": record["cases"]},
+             "predicted_again": {"commit": git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M"),
+                                 "predict_s": round(predicted - started, 1)}}
+    if bench.nnunet_python is not None:
+        again["surface_distance_max_diff"] = check_against_surface_distance(bench, folder, run.kind, cases)
+    return again
 
 
 def score(references: Path, predictions: Path) -> dict[str, dict[str, float]]:
@@ -221,6 +255,11 @@ class Scheduler:
             print(f"{run.name}: failed ({type(exc).__name__}: {exc}); the next invocation tries it again", flush=True)
 
     def _run(self, run: Run) -> None:
+        earlier = self.records.get(run)
+        if earlier is not None and only_export_stale(earlier) and covtransfer_model(self.bench, run).is_dir():
+            print(f"{run.name}: predicting again with this checkout's export", flush=True)
+            self._finish(run, predict_again(self.bench, run, earlier), "predicted again")
+            return
         with self.lock:
             estimate = estimated_minutes(self.records, run.tool)
             if self.deadline is not None and estimate is not None and \
@@ -230,14 +269,17 @@ class Scheduler:
             prepare(self.bench, run.kind, run.tool == "nnunet")
         print(f"{run.name}: started (about {estimate or float('nan'):.1f} min)", flush=True)
         record = train_and_predict(self.bench, run)
+        self._finish(run, record, f"done in {record['wall_s'] / 60:.1f} min")
+
+    def _finish(self, run: Run, record: dict, what: str) -> None:
+        """Write (and commit) the run's file and say what happened."""
         with self.lock:
             path = write_record(self.bench.results, record)
             self.records[run] = record
             dice = sum(c["dice"] for c in record["cases"].values()) / len(record["cases"])
-            print(f"{run.name}: done in {record['wall_s'] / 60:.1f} min, test DSC {100 * dice:.1f} %", flush=True)
+            print(f"{run.name}: {what}, test DSC {100 * dice:.1f} %", flush=True)
             if self.commit:
-                commit_file(path, f"Learning benchmark: {run.name}, test DSC {100 * dice:.1f} %, "
-                                  f"{record['wall_s'] / 60:.1f} min")
+                commit_file(path, f"Learning benchmark: {run.name}, {what}, test DSC {100 * dice:.1f} %")
 
 
 def report(results: Path, records: dict[Run, dict], planned: list[Run]) -> str:

@@ -4,7 +4,9 @@ A run is one arm (a tool and its head initialisation) trained on one dataset wit
 ``<tool>_<init>_<dataset>_<seed>.json`` holds the per-case DSC and NSD, the EMA curve, the take-off epoch, the wall
 time, the commit, the engine version and the data seed. The folder is the benchmark's memory: a run whose file is
 there is not trained again, the report is written from whatever files are there, and a covtransfer run made by an
-older training engine (``covtransfer.training.ENGINE_VERSION``) is marked stale and trained again.
+older training engine (``covtransfer.training.ENGINE_VERSION``) is marked stale and trained again; one whose test
+cases were predicted by an older export (``covtransfer.inference.EXPORT_VERSION``) is stale too, and predicted again
+from its kept model when the work folder still holds it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from covtransfer.inference import EXPORT_VERSION
 from covtransfer.training import ENGINE_VERSION
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning"
@@ -82,8 +85,16 @@ def write_record(folder: Path, record: dict) -> Path:
 
 
 def is_stale(record: dict) -> bool:
-    """A covtransfer run made by another training engine than this checkout's."""
-    return record["run"]["tool"] == "covtransfer" and record.get("engine") != str(ENGINE_VERSION)
+    """A covtransfer run made by another training engine or predicted by another export than this checkout's."""
+    return record["run"]["tool"] == "covtransfer" and (record.get("engine") != str(ENGINE_VERSION)
+                                                       or only_export_stale(record))
+
+
+def only_export_stale(record: dict) -> bool:
+    """A covtransfer run of this training engine whose test cases were predicted by an older export (files without
+    ``export`` are of version 1): predicting again from its model brings it up to date."""
+    return (record["run"]["tool"] == "covtransfer" and record.get("engine") == str(ENGINE_VERSION)
+            and record.get("export", 1) != EXPORT_VERSION)
 
 
 def load_records(folder: Path, protocol: dict) -> dict[Run, dict]:

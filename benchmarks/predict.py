@@ -185,7 +185,7 @@ def breakdown(case: Path, checkpoint: Path, device: str, tta: bool, output: Path
     from covtransfer.inference.export import save_segmentation, segmentation_to_original
     from covtransfer.inference.inputs import discover_cases
     from covtransfer.inference.model_loading import load_models
-    from covtransfer.inference.predictor import Predictor, ensemble_probabilities
+    from covtransfer.inference.predictor import Predictor, ensemble_logits
 
     def sync() -> None:
         if device == "cuda":
@@ -202,20 +202,20 @@ def breakdown(case: Path, checkpoint: Path, device: str, tta: bool, output: Path
     times["read_preprocess"] = time.perf_counter() - start
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # autotuned once, then timed: what a long run of cases would see
-        ensemble_probabilities(models, data, predictor.device, tta)
+        ensemble_logits(models, data, predictor.device, tta)
         sync()
         start = time.perf_counter()
-        ensemble_probabilities(models, data, predictor.device, tta)
+        ensemble_logits(models, data, predictor.device, tta)
         sync()
         times["network_cudnn_benchmark"] = time.perf_counter() - start
         torch.backends.cudnn.benchmark = False
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    probabilities = ensemble_probabilities(models, data, predictor.device, tta)
+    logits = ensemble_logits(models, data, predictor.device, tta)
     sync()
     times["network"] = time.perf_counter() - start
     start = time.perf_counter()
-    seg = segmentation_to_original(probabilities, properties, predictor.plans, predictor.configuration_name)
+    seg = segmentation_to_original(logits, properties, predictor.plans, predictor.configuration_name)
     sync()
     times["export"] = time.perf_counter() - start
     start = time.perf_counter()

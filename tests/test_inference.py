@@ -12,7 +12,7 @@ from covtransfer.errors import CovtransferError
 from covtransfer.inference.export import probabilities_to_original, segmentation_to_original
 from covtransfer.inference.inputs import check_cases, discover_cases
 from covtransfer.inference.model_loading import checkpoint_paths, load_model
-from covtransfer.inference.predictor import ensemble_probabilities, predict_logits, predict_preprocessed
+from covtransfer.inference.predictor import ensemble_logits, predict_logits, predict_preprocessed
 from covtransfer.inference.sliding_window import gaussian_importance, predict_sliding_window, window_starts
 from covtransfer.network.build import build_network
 from covtransfer.preprocessing.preprocessor import CasePreprocessor
@@ -74,10 +74,11 @@ def test_predict_preprocessed_accepts_a_live_training_model_and_restores_its_sta
     plans = make_plans()
     network = build_network(plans.configuration("3d_fullres"), 1, {"a": 2, "b": 3}, deep_supervision=True).train()
     data = np.random.default_rng(0).normal(size=(1, 9, 20, 18)).astype(np.float32)
-    probabilities = predict_preprocessed(network, data, {"plans": plans.to_dict(), "configuration_name": "3d_fullres",
-                                                         "mirror_axes": [0]}, task="b", device="cpu")
-    assert probabilities.shape == (3, 9, 20, 18)
-    assert torch.allclose(probabilities.sum(0), torch.ones(9, 20, 18), atol=1e-5)
+    logits = predict_preprocessed(network, data, {"plans": plans.to_dict(), "configuration_name": "3d_fullres",
+                                                  "mirror_axes": [0]}, task="b", device="cpu")
+    assert logits.shape == (3, 9, 20, 18)
+    expected = predict_logits(network, data, (8, 16, 16), 3, "b", mirror_axes=(0,))
+    assert torch.allclose(logits, expected, atol=1e-5)
     assert network.training and network.deep_supervision
     same = predict_preprocessed(network, data, plans.configuration("3d_fullres"), task="b", tta=False)
     assert same.shape == (3, 9, 20, 18)
@@ -93,12 +94,11 @@ def test_export_without_resampling_inverts_transpose_and_crop_exactly(transpose)
     plans = make_plans(spacing=[spacing[a] for a in transpose], transpose=transpose)
     data, _, properties = CasePreprocessor(plans, "3d_fullres").run([image], Geometry(spacing), None, "c")
     assert list(data.shape[1:]) != list(image.shape)  # cropped and transposed
-    probabilities = torch.softmax(torch.stack([torch.zeros_like(torch.from_numpy(data[0])),
-                                               20 * torch.from_numpy(data[0])]), 0)
-    seg = segmentation_to_original(probabilities, properties, plans, "3d_fullres")
+    logits = torch.stack([torch.zeros_like(torch.from_numpy(data[0])), 20 * torch.from_numpy(data[0])])
+    seg = segmentation_to_original(logits, properties, plans, "3d_fullres")
     assert seg.dtype == np.uint8 and seg.shape == image.shape
     assert np.array_equal(seg, (image > 0).astype(np.uint8))
-    full = probabilities_to_original(probabilities, properties, plans, "3d_fullres")
+    full = probabilities_to_original(logits, properties, plans, "3d_fullres")
     assert full.shape == (2, *image.shape)
     outside = image == 0
     assert torch.all(full[0][torch.from_numpy(outside)] == 1) and torch.all(full[1][torch.from_numpy(outside)] == 0)
@@ -115,8 +115,7 @@ def test_export_resamples_anisotropic_predictions_back_close_to_the_truth():
     data, _, properties = CasePreprocessor(plans, "3d_fullres").run([image], Geometry((3.0, 1.0, 1.0)), None, "c")
     assert data.shape[1:] == (20, 24, 21)  # 3 mm -> 1.5 mm along z, 1 mm -> 1.5 mm in-plane (after cropping)
     logits = torch.from_numpy(20 * data[0])
-    probabilities = torch.softmax(torch.stack([torch.zeros_like(logits), logits]), 0)
-    seg = segmentation_to_original(probabilities, properties, plans, "3d_fullres")
+    seg = segmentation_to_original(torch.stack([torch.zeros_like(logits), logits]), properties, plans, "3d_fullres")
     truth = image > 0
     dice = 2 * (seg.astype(bool) & truth).sum() / (seg.astype(bool).sum() + truth.sum())
     assert seg.shape == image.shape and dice > 0.95
@@ -127,19 +126,37 @@ def test_export_resamples_anisotropic_predictions_back_close_to_the_truth():
                                              ((1.0, 4.0, 1.0), (1, 0, 1)), ((1.0, 1.0, 4.0), (1, 1, 0))])
 def test_export_resampling_equals_scipy_zoom_with_the_separate_z_rule(target, orders):
     from scipy import ndimage
-    probabilities = torch.rand(2, 5, 12, 10, generator=torch.Generator().manual_seed(0))
+    logits = 4 * torch.rand(2, 5, 12, 10, generator=torch.Generator().manual_seed(0))
     out_shape = [9, 17, 7]
     properties = {"shape_after_resampling": [5, 12, 10], "shape_after_cropping": out_shape,
                   "shape_before_cropping": out_shape, "bbox": [[0, s] for s in out_shape], "target_spacing": target,
                   "original_spacing": [0.6, 0.7, 0.8], "case_id": "c"}
-    got = probabilities_to_original(probabilities, properties, make_plans(), "3d_fullres").numpy()
+    got = probabilities_to_original(logits, properties, make_plans(), "3d_fullres").numpy()
+    resampled = []
     for k in range(2):
-        expected = probabilities[k].double().numpy()
+        expected = logits[k].double().numpy()
         for axis, order in enumerate(orders):  # separable: one axis at a time, in any order
             zoom = [1.0, 1.0, 1.0]
             zoom[axis] = out_shape[axis] / expected.shape[axis]
             expected = ndimage.zoom(expected, zoom, order=order, mode="nearest", grid_mode=True)
-        assert np.abs(got[k] - expected).max() < 1e-5
+        resampled.append(expected)
+    softmax = np.exp(resampled) / np.exp(resampled).sum(0)  # the logits are resampled first, then the softmax
+    assert np.abs(got - softmax).max() < 1e-5
+
+
+def test_export_resamples_logits_then_takes_the_argmax_as_nnunet_does():
+    """Two preprocessed voxels with lesion-minus-background logits 6 and −2, upsampled 2 → 8 linearly: output voxel i
+    samples position (i + 0.5) / 4 − 0.5, so the logit difference is 6, 6, 5, 3, 1, −1, −2, −2 (lesion in the first
+    five). Resampling the probabilities instead (0.9975 and 0.1192) would give 0.45 at the fifth, background."""
+    logits = torch.tensor([[0.0, 0.0], [6.0, -2.0]]).reshape(2, 1, 1, 2)
+    properties = {"shape_after_resampling": [1, 1, 2], "shape_after_cropping": [1, 1, 8],
+                  "shape_before_cropping": [1, 1, 8], "bbox": [[0, 1], [0, 1], [0, 8]],
+                  "target_spacing": [1.0, 1.0, 2.0], "original_spacing": [1.0, 1.0, 0.5], "case_id": "c"}
+    seg = segmentation_to_original(logits, properties, make_plans(), "3d_fullres")
+    assert seg.reshape(-1).tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
+    lesion = probabilities_to_original(logits, properties, make_plans(), "3d_fullres")[1].reshape(-1)
+    expected = torch.sigmoid(torch.tensor([6.0, 6.0, 5.0, 3.0, 1.0, -1.0, -2.0, -2.0]))
+    assert torch.allclose(lesion, expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- input discovery
@@ -206,13 +223,13 @@ def test_checkpoint_paths_from_fold_strategy_and_file_and_refusal(tmp_path):
         checkpoint_paths([tmp_path / "empty"])
 
 
-def test_fold_ensemble_probability_is_the_mean_of_the_folds(tmp_path):
+def test_fold_ensemble_logits_are_the_mean_of_the_folds(tmp_path):
     plans = make_plans()
     models = [load_model(save_checkpoint(tmp_path / f"fold_{k}", plans, seed=k)) for k in range(2)]
     data = np.random.default_rng(1).normal(size=(1, 10, 20, 20)).astype(np.float32)
-    single = [ensemble_probabilities([m], data, torch.device("cpu")) for m in models]
+    single = [ensemble_logits([m], data, torch.device("cpu")) for m in models]
     assert not torch.allclose(single[0], single[1], atol=1e-3)
-    both = ensemble_probabilities(models, data, torch.device("cpu"))
+    both = ensemble_logits(models, data, torch.device("cpu"))
     assert torch.allclose(both, (single[0] + single[1]) / 2, atol=1e-6)
 
 

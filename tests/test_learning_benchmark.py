@@ -9,9 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from learning_report import head_init_decision, summarise  # noqa: E402
-from learning_runs import (Run, estimated_minutes, is_stale, load_records, make_record, takeoff_epoch,  # noqa: E402
-                           write_record)
+from learning_runs import (Run, estimated_minutes, is_stale, load_records, make_record,  # noqa: E402
+                           only_export_stale, takeoff_epoch, write_record)
 
+from covtransfer.inference import EXPORT_VERSION  # noqa: E402
 from covtransfer.training import ENGINE_VERSION  # noqa: E402
 
 PROTOCOL = {"epochs": 40, "iters_per_epoch": 25, "val_iters": 5, "data_round": 0}
@@ -22,7 +23,8 @@ def record(arm: str, seed: int, dice: dict[str, float], curve: list, kind: str =
     tool, init = arm.split("_")
     run = Run(tool, init, kind, seed)
     cases = {case: {"dice": value, "nsd": value / 2} for case, value in dice.items()}
-    return run, make_record(run, cases, curve, wall_s, PROTOCOL, engine, "abc123")
+    made = make_record(run, cases, curve, wall_s, PROTOCOL, engine, "abc123")
+    return run, {**made, "export": EXPORT_VERSION} if tool == "covtransfer" else made
 
 
 def row(report: str, *starts: str) -> str:
@@ -48,6 +50,16 @@ def test_covtransfer_runs_of_an_older_engine_are_stale_and_nnunet_runs_never_are
     assert not is_stale(record("covtransfer_prior", 0, {"a": 0.5}, [0.1])[1])
     assert is_stale(record("covtransfer_prior", 0, {"a": 0.5}, [0.1], engine="1")[1])
     assert not is_stale(record("nnunet_zero", 0, {"a": 0.5}, [0.1], engine="nnunetv2 2.8.1")[1])
+
+
+def test_covtransfer_runs_predicted_by_an_older_export_are_stale_but_need_no_training():
+    _, current = record("covtransfer_prior", 0, {"a": 0.5}, [0.1])
+    older = {k: v for k, v in current.items() if k != "export"}  # files from before the export was recorded: 1
+    assert not only_export_stale(current) and only_export_stale(older) and is_stale(older)
+    retrain = {**older, "engine": "1"}
+    assert is_stale(retrain) and not only_export_stale(retrain)
+    _, theirs = record("nnunet_zero", 0, {"a": 0.5}, [0.1], engine="nnunetv2 2.8.1")
+    assert not only_export_stale(theirs) and not is_stale(theirs)
 
 
 def test_the_budget_estimate_is_the_median_wall_time_of_the_tools_earlier_runs():

@@ -1,11 +1,12 @@
-"""The predictor: preprocessed volume -> sliding-window logits -> fold-averaged probabilities -> label map on the
-input grid, for whole folders of cases.
+"""The predictor: preprocessed volume -> sliding-window logits -> fold-averaged logits -> label map on the input
+grid, for whole folders of cases.
 
 Per case: read and preprocess with the model's plans, predict every fold (mirroring TTA over the checkpoint's axes
-unless disabled), average the folds' softmax probabilities, export to the input grid, optionally post-process, and
-write atomically. On a GPU the volume, the windows, the accumulation and the export resampling stay on the device
-(bf16 autocast forward), a thread reads and preprocesses the next case meanwhile and another writes the previous
-result. On a CPU cases run one after another and intermediates are freed early so memory stays bounded.
+unless disabled), average the folds' logits, export to the input grid (logits resampled, then argmax, or softmax for
+the probabilities: nnU-Net's order), optionally post-process, and write atomically. On a GPU the volume, the windows,
+the accumulation and the export resampling stay on the device (bf16 autocast forward), a thread reads and
+preprocesses the next case meanwhile and another writes the previous result. On a CPU cases run one after another
+and intermediates are freed early so memory stays bounded.
 
 The functions :func:`predict_logits` and :func:`predict_preprocessed` take a live ``nn.Module`` so that the trainer's
 final validation can use them without a checkpoint file.
@@ -108,14 +109,6 @@ def predict_logits(model: nn.Module, data: np.ndarray | torch.Tensor, patch_size
                                       autocast_dtype=autocast)
 
 
-def softmax_(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the class axis (0), in place, to save one full-volume copy."""
-    logits.sub_(logits.max(0, keepdim=True).values)
-    logits.exp_()
-    logits.div_(logits.sum(0, keepdim=True))
-    return logits
-
-
 def _configuration_of(configuration: Configuration | dict) -> tuple[Configuration, tuple[int, ...] | None]:
     """A Configuration from a Configuration, its dict, or a checkpoint-like dict; plus the dict's mirror axes."""
     if isinstance(configuration, Configuration):
@@ -133,7 +126,7 @@ def predict_preprocessed(model: nn.Module, data: np.ndarray | torch.Tensor, conf
                          task: str | None = None, device: torch.device | str | None = None, tta: bool = True,
                          step: float = 0.5, mirror_axes: Sequence[int] | None = None,
                          num_classes: int | None = None) -> torch.Tensor:
-    """Softmax probabilities ``(K, Z, Y, X)`` float32 of a preprocessed volume, for the trainer's final validation.
+    """Logits ``(K, Z, Y, X)`` float32 of a preprocessed volume, for the trainer's final validation.
 
     ``configuration`` is the plans' Configuration (its patch size is used), its dict, or a checkpoint-like dict
     (``plans`` + ``configuration_name``, optionally ``mirror_axes``). Mirroring uses ``mirror_axes`` (default: the
@@ -142,9 +135,8 @@ def predict_preprocessed(model: nn.Module, data: np.ndarray | torch.Tensor, conf
     config, dict_axes = _configuration_of(configuration)
     if mirror_axes is None:
         mirror_axes = dict_axes if dict_axes is not None else (0, 1, 2)
-    logits = predict_logits(model, data, config.patch_size, num_classes, task, device,
-                            tuple(mirror_axes) if tta else (), step)
-    return softmax_(logits)
+    return predict_logits(model, data, config.patch_size, num_classes, task, device,
+                          tuple(mirror_axes) if tta else (), step)
 
 
 def compiled_forwards(models: Sequence[LoadedModel], device: torch.device,
@@ -161,22 +153,21 @@ def compiled_forwards(models: Sequence[LoadedModel], device: torch.device,
     return forwards
 
 
-def ensemble_probabilities(models: Sequence[LoadedModel], data: np.ndarray | torch.Tensor, device: torch.device,
-                           tta: bool = True, step: float = 0.5,
-                           forwards: Sequence[Forward | None] | None = None) -> torch.Tensor:
-    """Mean softmax probabilities of every model (fold) for one preprocessed volume (``forwards``: see
+def ensemble_logits(models: Sequence[LoadedModel], data: np.ndarray | torch.Tensor, device: torch.device,
+                    tta: bool = True, step: float = 0.5,
+                    forwards: Sequence[Forward | None] | None = None) -> torch.Tensor:
+    """Mean logits of every model (fold) for one preprocessed volume, as nnU-Net ensembles folds (``forwards``: see
     :func:`compiled_forwards`)."""
     volume = torch.as_tensor(data).to(device=device, dtype=torch.float32)
     total = None
     for model, forward in zip(models, forwards or [None] * len(models)):
-        probabilities = softmax_(predict_logits(model.network, volume, model.configuration.patch_size,
-                                                model.num_classes, model.task, device,
-                                                model.mirror_axes if tta else (), step, forward=forward))
+        logits = predict_logits(model.network, volume, model.configuration.patch_size, model.num_classes, model.task,
+                                device, model.mirror_axes if tta else (), step, forward=forward)
         if total is None:
-            total = probabilities
+            total = logits
         else:
-            total += probabilities
-            del probabilities
+            total += logits
+            del logits
     if len(models) > 1:
         total /= len(models)
     return total
@@ -241,18 +232,16 @@ class Predictor:
 
     def predict_volume(self, data: np.ndarray, properties: dict) -> CaseResult:
         """Label map (and probabilities when asked) on the input grid of a preprocessed case."""
-        probabilities = ensemble_probabilities(self.models, data, self.device, self.tta, self.step,
-                                               self.forwards)
+        logits = ensemble_logits(self.models, data, self.device, self.tta, self.step, self.forwards)
         label_values = self.models[0].label_values
         full = None
         if self.save_probabilities:
-            full = probabilities_to_original(probabilities, properties, self.plans, self.configuration_name)
+            full = probabilities_to_original(logits, properties, self.plans, self.configuration_name)
             seg = labels_from_probabilities(full, label_values)
             full = full.to(device="cpu", dtype=torch.float16).numpy()
         else:
-            seg = segmentation_to_original(probabilities, properties, self.plans, self.configuration_name,
-                                           label_values)
-        del probabilities
+            seg = segmentation_to_original(logits, properties, self.plans, self.configuration_name, label_values)
+        del logits
         if self.postprocessing is not None:
             seg = apply_postprocessing(seg, self.postprocessing)
         return CaseResult(seg, full, properties)

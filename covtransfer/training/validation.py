@@ -46,10 +46,10 @@ def validate_fold(trainer: Trainer, task: TrainingTask, output_folder: Path, tol
             data, _, properties = load_case(data_folder, case_id)
             windows = window_count(data.shape[1:], trainer.configuration.patch_size)
             bar.set_postfix_str(f"{case_id}: {windows} window{'s' if windows > 1 else ''} x {passes}")
-            probabilities = predict_preprocessed(network, data, trainer.configuration, task=task.name,
-                                                 device=trainer.device, tta=mirroring, step=STEP,
-                                                 num_classes=task.num_classes)
-            seg = segmentation_to_original(probabilities, properties, task.plans, trainer.configuration_name)
+            logits = predict_preprocessed(network, data, trainer.configuration, task=task.name,
+                                          device=trainer.device, tta=mirroring, step=STEP,
+                                          num_classes=task.num_classes)
+            seg = segmentation_to_original(logits, properties, task.plans, trainer.configuration_name)
             prediction = output_folder / f"{case_id}{ending}"
             save_segmentation(prediction, seg, properties)
             reference = task.preprocessed_folder / "gt_segmentations" / f"{case_id}{ending}"
