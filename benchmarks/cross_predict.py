@@ -33,10 +33,14 @@ from learning_runs import RESULTS  # noqa: E402
 from same_start import covtransfer_name  # noqa: E402
 
 
+def raw_dataset(work: Path, run: str) -> Path:
+    """The raw dataset folder of a run named ``<tool>_<init>_<dataset>_<seed>``."""
+    return next((work / "raw").glob(f"Dataset{DATASETS[run.split('_')[2]].dataset_id:03d}_*"))
+
+
 def covtransfer_checkpoint(work: Path, run: str, out: Path) -> Path:
     """A covtransfer checkpoint holding the weights nnU-Net trained in ``run``, written to ``out``."""
-    kind = run.split("_")[2]
-    dataset = next((work / "raw").glob(f"Dataset{DATASETS[kind].dataset_id:03d}_*")).name
+    dataset = raw_dataset(work, run).name
     template_path = next((work / "results" / dataset).glob("scratch__learning*/fold_all/checkpoint_final.pt"))
     template = load_checkpoint(template_path)
     trained = torch.load(work / "runs" / run / "model" / "fold_all" / "checkpoint_final.pth", map_location="cpu",
@@ -55,7 +59,7 @@ def covtransfer_checkpoint(work: Path, run: str, out: Path) -> Path:
 def cross_predict(work: Path, run: str, scratch: Path) -> dict:
     """Per case: the DSC of nnU-Net's prediction (from the run file) and of covtransfer's, with nnU-Net's weights."""
     checkpoint = covtransfer_checkpoint(work, run, scratch / run)
-    dataset = next((work / "raw").glob(f"Dataset{DATASETS[run.split('_')[2]].dataset_id:03d}_*"))
+    dataset = raw_dataset(work, run)
     predictions = scratch / run / "predictions"
     subprocess.run([str(Path(sys.executable).parent / "covtransfer_predict"), "-i", str(dataset / "imagesTs"), "-o",
                     str(predictions), "-m", str(checkpoint), "--no-tta", "--device", "cpu", "--quiet"], check=True)

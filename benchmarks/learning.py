@@ -145,10 +145,14 @@ def prepare(bench: Bench, dataset: str, with_nnunet: bool) -> None:
         marker.write_text("ok\n")
 
 
+def covtransfer_tag(run: Run) -> str:
+    """The ``--tag`` of covtransfer's run: its training results go to ``scratch__<tag>``."""
+    return f"learning{run.seed}_{run.init}"
+
+
 def covtransfer_model(bench: Bench, run: Run) -> Path:
     """The fold folder covtransfer's run trains into (kept in ``--work``)."""
-    tag = f"learning{run.seed}_{run.init}"
-    return bench.roots.results / bench.dataset_folder(run.kind).name / f"scratch__{tag}" / "fold_all"
+    return bench.roots.results / bench.dataset_folder(run.kind).name / f"scratch__{covtransfer_tag(run)}" / "fold_all"
 
 
 def predict_covtransfer(bench: Bench, run: Run, predictions: Path) -> None:
@@ -163,7 +167,6 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
     """Train, predict the test cases and score them; returns the run's record (not yet written)."""
     folder = bench.work / "runs" / run.name
     dataset = bench.dataset_folder(run.kind)
-    tag = f"learning{run.seed}_{run.init}"
     for leftover in (folder, covtransfer_model(bench, run).parent):  # of an unfinished attempt
         shutil.rmtree(leftover, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -172,7 +175,7 @@ def train_and_predict(bench: Bench, run: Run) -> dict:
     predictions = folder / "predictions"
     if run.tool == "covtransfer":
         bench.covtransfer("covtransfer_train", "--head-init", run.init, "-d", dataset.name, "-t", "scratch",
-                          "-f", "all", "--tag", tag, "--epochs", str(bench.epochs),
+                          "-f", "all", "--tag", covtransfer_tag(run), "--epochs", str(bench.epochs),
                           "--iters-per-epoch", str(bench.iters), "--val-iters", str(bench.val_iters),
                           "--seed", str(run.seed), "--device", "cpu", "--amp", "off", "--no-final-validation")
         trained = time.perf_counter()
