@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from covtransfer.experiments.paired import bootstrap_ci, wilcoxon_p
 from covtransfer.network.unet import DEFAULT_HEAD_INIT
@@ -58,8 +59,10 @@ def summarise(records: dict[Run, dict], planned: list[Run], stale: dict[Run, dic
             if took_off != common:
                 lines.append(_paired_row(dataset, pair, "both took off", took_off, runs))
             takeoff_rows.append(_takeoff_row(dataset, pair, common, runs))
-    lines += ["", f"Take-off epoch per seed, A / B (EMA pseudo Dice > {TAKEOFF_DICE}; 'never': not within the run):",
-              "", "| dataset | A / B | per seed | A earlier / same / later |", "|---|---|---|---|", *takeoff_rows]
+    lines += ["", f"Take-off epoch per seed, A / B (EMA pseudo Dice > {TAKEOFF_DICE}; 'never': not within the run); "
+              "the last rows pool every dataset, with the two-sided sign test p of earlier against later (ties left "
+              "out):", "", "| dataset | A / B | per seed | A earlier / same / later |", "|---|---|---|---|",
+              *takeoff_rows, *[_pooled_takeoff_row(pair, by_arm) for pair in PAIRS]]
     lines += ["", "Head initialisation: " + head_init_decision(by_arm, {r.kind for r in planned},
                                                                  {r.seed for r in planned})]
     missing = [run for run in planned if run not in records]
@@ -201,11 +204,32 @@ def _paired_row(dataset: str, pair: tuple[str, str], label: str, seeds: list[int
 def _takeoff_row(dataset: str, pair: tuple[str, str], seeds: list[int], runs: dict[str, dict[int, dict]]) -> str:
     """A's and B's take-off epochs per seed and how often A's came earlier, at the same epoch or later."""
     epochs = [[takeoff_epoch(runs[arm][s]["curve"]) for s in seeds] for arm in pair]
-    ranks = [[math.inf if e is None else e for e in arm_epochs] for arm_epochs in epochs]
-    earlier = sum(a < b for a, b in zip(*ranks))
-    same = sum(a == b for a, b in zip(*ranks))
+    earlier, same, later = takeoff_order(*epochs)
     cells = ", ".join(f"{s}: {_epoch(a)} / {_epoch(b)}" for s, a, b in zip(seeds, *epochs))
-    return f"| {dataset} | {pair[0]} / {pair[1]} | {cells} | {earlier} / {same} / {len(seeds) - earlier - same} |"
+    return f"| {dataset} | {pair[0]} / {pair[1]} | {cells} | {earlier} / {same} / {later} |"
+
+
+def _pooled_takeoff_row(pair: tuple[str, str], by_arm: dict[tuple[str, str], dict[int, dict]]) -> str:
+    """The take-off order of A and B over every dataset and seed both have, with the sign test p."""
+    epochs: list[list[int | None]] = [[], []]
+    for dataset in sorted({d for d, _ in by_arm}):
+        runs = [by_arm.get((dataset, arm), {}) for arm in pair]
+        for seed in sorted(set(runs[0]) & set(runs[1])):
+            for arm_epochs, arm_runs in zip(epochs, runs):
+                arm_epochs.append(takeoff_epoch(arm_runs[seed]["curve"]))
+    earlier, same, later = takeoff_order(*epochs)
+    p = stats.binomtest(earlier, earlier + later).pvalue if earlier + later else 1.0
+    shown = f"{p:.3f}" if p >= 0.001 else "< 0.001"
+    return (f"| all | {pair[0]} / {pair[1]} | {len(epochs[0])} seeds | {earlier} / {same} / {later}, sign test p "
+            f"{shown} |")
+
+
+def takeoff_order(a: list[int | None], b: list[int | None]) -> tuple[int, int, int]:
+    """How many of the paired take-off epochs of A came earlier than, at the same epoch as and later than B's
+    (never taking off counts as latest)."""
+    pairs = [(_rank(x), _rank(y)) for x, y in zip(a, b)]
+    earlier, same = sum(x < y for x, y in pairs), sum(x == y for x, y in pairs)
+    return earlier, same, len(pairs) - earlier - same
 
 
 def _epoch(epoch: int | None) -> str:

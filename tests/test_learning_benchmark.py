@@ -125,6 +125,21 @@ def test_headline_tables_state_the_rule_and_the_targets_dataset_by_dataset():
     assert "| covid | covtransfer_prior − covtransfer_zero | both took off" not in report
 
 
+def test_take_off_order_pools_every_dataset_with_the_sign_test():
+    # covid: prior epoch 1 vs zero epoch 2 (earlier); tumour seeds: same (both 0), earlier (0 vs never)
+    runs = dict([record("covtransfer_prior", 0, {"a": 0.5}, [0.0, 0.3]),
+                 record("covtransfer_zero", 0, {"a": 0.5}, [0.0, 0.0, 0.3]),
+                 record("covtransfer_prior", 0, {"a": 0.5}, [0.3], kind="tumor"),
+                 record("covtransfer_zero", 0, {"a": 0.5}, [0.3], kind="tumor"),
+                 record("covtransfer_prior", 1, {"a": 0.5}, [0.3], kind="tumor"),
+                 record("covtransfer_zero", 1, {"a": 0.5}, [0.0], kind="tumor")])
+    report = summarise(runs, list(runs), {})
+    # two earlier, one tie (left out): P(2 of 2 | p = 1/2) two-sided = 2 × 0.25 = 0.5
+    assert row(report, "all", "covtransfer_prior / covtransfer_zero").endswith(
+        "| 3 seeds | 2 / 1 / 0, sign test p 0.500 |")
+    assert row(report, "all", "covtransfer_prior / nnunet_zero").endswith("| 0 seeds | 0 / 0 / 0, sign test p 1.000 |")
+
+
 def test_the_report_estimates_the_missing_runs_from_each_tools_median_wall_time():
     runs = dict([record("covtransfer_prior", 0, {"a": 0.5}, [0.1], wall_s=600),
                  record("nnunet_zero", 0, {"a": 0.5}, [0.1], wall_s=1200)])
