@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from covtransfer.atomic import write_json
 from covtransfer.inference import EXPORT_VERSION
 from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 
@@ -83,12 +84,19 @@ def main(argv: list[str] | None = None) -> None:
     print("| run | cases | nnU-Net's predictor | covtransfer's | Δ mean [min, max] per case |")
     print("|---|---|---|---|---|")
     for run, cases in results.items():
-        a = np.array([c["nnunet"] for c in cases.values()]) * 100
-        b = np.array([c["covtransfer"] for c in cases.values()]) * 100
-        print(f"| {run} | {len(a)} | {a.mean():.2f} | {b.mean():.2f} | {(b - a).mean():+.2f} "
-              f"[{(b - a).min():+.2f}, {(b - a).max():+.2f}] |")
+        print(_row(run, list(cases.values())))
+    if len(results) > 1:
+        print(_row(f"all {len(results)} runs", [c for cases in results.values() for c in cases.values()]))
     if args.json:
-        args.json.write_text(json.dumps({"export": EXPORT_VERSION, "runs": results}, indent=1) + "\n")
+        write_json(args.json, {"export": EXPORT_VERSION, "runs": results})
+
+
+def _row(name: str, cases: list[dict]) -> str:
+    """One table row: both predictors' mean DSC over ``cases`` and covtransfer's per-case difference."""
+    a = np.array([c["nnunet"] for c in cases]) * 100
+    b = np.array([c["covtransfer"] for c in cases]) * 100
+    return (f"| {name} | {len(a)} | {a.mean():.2f} | {b.mean():.2f} | {(b - a).mean():+.2f} "
+            f"[{(b - a).min():+.2f}, {(b - a).max():+.2f}] |")
 
 
 if __name__ == "__main__":
