@@ -5,7 +5,7 @@ per-case difference A − B (each case averaged over the seeds both arms have) w
 p, over all seeds and over the seeds where both took off; the take-off epochs side by side; the head-initialisation
 decision once its runs are complete; and the runs that are missing or stale. Two headline tables come first: the prior
 against zero bias under the head-initialisation rule, and covtransfer's default against nnU-Net under the issue's
-targets.
+targets, with the difference over seeds (Welch) beside the per-case one.
 """
 
 from __future__ import annotations
@@ -111,7 +111,21 @@ def compare(runs: dict[str, dict[int, dict]], pair: tuple[str, str], seeds: list
         if metric == "dice":
             out["cases"], out["better"], out["worse"] = len(diff), int(np.sum(diff > 0)), int(np.sum(diff < 0))
     out["takeoff"] = [tuple(takeoff_epoch(runs[arm][s]["curve"]) for arm in pair) for s in seeds]
+    out["seed_level"] = seed_level_delta([[seed_means(runs[arm][s])[0] for s in seeds] for arm in pair])
     return out
+
+
+def seed_level_delta(per_seed: list[list[float]]) -> tuple[float, float, float] | None:
+    """A − B of the mean per-seed DSC with the Welch 95 % CI and p, seeds as the unit (None below two seeds).
+
+    The per-case CI holds each case's seed average fixed; this one carries the seed-to-seed spread of training,
+    which is what a rerun with other seeds would meet."""
+    a, b = (np.asarray(values, dtype=float) for values in per_seed)
+    if min(len(a), len(b)) < 2 or (a.std() == 0 and b.std() == 0):
+        return None
+    test = stats.ttest_ind(a, b, equal_var=False)
+    low, high = test.confidence_interval()
+    return float(low), float(high), float(test.pvalue)
 
 
 def prior_passes(c: dict) -> bool:
@@ -145,13 +159,14 @@ def headline(by_arm: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
               "Targets: mean DSC and NSD not lower than nnU-Net's, the paired CI's upper end of Δ DSC above 0, and "
               "take-off at the same epoch or earlier on every seed.", "",
               "| dataset | seeds | DSC % covtransfer / nnU-Net | NSD % covtransfer / nnU-Net | Δ DSC [95 % CI] | p | "
-              "Δ NSD [95 % CI] | p | take-off covtransfer / nnU-Net | targets |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "Δ NSD [95 % CI] | p | Δ DSC over seeds [Welch 95 % CI], p | take-off covtransfer / nnU-Net | "
+              "targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset, c in _comparisons(by_arm, (DEFAULT, NNUNET)):
         missed = missed_targets(c)
         lines.append(f"| {dataset} | {len(c['seeds'])} | {c['dice'][0]:.1f} / {c['dice'][1]:.1f} | "
                      f"{c['nsd'][0]:.1f} / {c['nsd'][1]:.1f} | {_delta(c, 'dice')} | {_delta(c, 'nsd')} | "
-                     f"{_takeoffs(c)} | {'met' if not missed else 'missed: ' + '; '.join(missed)} |")
+                     f"{_seed_level(c)} | {_takeoffs(c)} | "
+                     f"{'met' if not missed else 'missed: ' + '; '.join(missed)} |")
     return lines + [""]
 
 
@@ -167,6 +182,13 @@ def _comparisons(by_arm: dict[tuple[str, str], dict[int, dict]], pair: tuple[str
 def _delta(c: dict, metric: str) -> str:
     low, high = c[f"{metric}_ci"]
     return f"{c[f'{metric}_delta']:+.1f} [{low:+.1f}, {high:+.1f}] | {c[f'{metric}_p']:.3f}"
+
+
+def _seed_level(c: dict) -> str:
+    if c["seed_level"] is None:
+        return "–"
+    low, high, p = c["seed_level"]
+    return f"{c['dice'][0] - c['dice'][1]:+.1f} [{low:+.1f}, {high:+.1f}], {p:.3f}"
 
 
 def _takeoffs(c: dict) -> str:

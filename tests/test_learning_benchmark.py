@@ -2,13 +2,15 @@
 on made-up runs."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
+from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from learning_report import head_init_decision, summarise  # noqa: E402
+from learning_report import head_init_decision, seed_level_delta, summarise  # noqa: E402
 from learning_runs import (Run, estimated_minutes, is_stale, load_records, make_record,  # noqa: E402
                            only_export_stale, takeoff_epoch, write_record)
 
@@ -138,6 +140,16 @@ def test_take_off_order_pools_every_dataset_with_the_sign_test():
     assert row(report, "all", "covtransfer_prior / covtransfer_zero").endswith(
         "| 3 seeds | 2 / 1 / 0, sign test p 0.500 |")
     assert row(report, "all", "covtransfer_prior / nnunet_zero").endswith("| 0 seeds | 0 / 0 / 0, sign test p 1.000 |")
+
+
+def test_seed_level_delta_is_welchs_interval_with_seeds_as_the_unit():
+    # means 2 and 4, variances 1 and 4 over 3 seeds each: se² = 1/3 + 4/3, Welch df = (5/3)² / ((1/3)² / 2 + (4/3)² / 2)
+    se, df = math.sqrt(5 / 3), (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)
+    low, high, p = seed_level_delta([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]])
+    half = student_t.ppf(0.975, df) * se
+    assert (low, high) == pytest.approx((-2 - half, -2 + half))
+    assert p == pytest.approx(2 * student_t.sf(2 / se, df))
+    assert seed_level_delta([[1.0], [2.0, 3.0]]) is None and seed_level_delta([[1.0, 1.0], [2.0, 2.0]]) is None
 
 
 def test_the_report_estimates_the_missing_runs_from_each_tools_median_wall_time():
