@@ -30,13 +30,16 @@ def test_window_starts_cover_the_volume_with_bounded_gaps():
     assert window_starts(41, 40, 1.0) == [0, 1]
 
 
-def test_gaussian_peak_one_at_centre_sigma_one_eighth_and_positive():
+def test_gaussian_peak_one_at_voxel_half_the_patch_sigma_one_eighth_and_positive():
     weight = gaussian_importance((8, 16, 32))
-    assert weight.shape == (8, 16, 32) and float(weight.max()) == pytest.approx(1.0, abs=1e-3)
+    assert weight.shape == (8, 16, 32) and float(weight.max()) == 1.0 and float(weight[4, 8, 16]) == 1.0
     assert float(weight.min()) > 0
-    assert torch.allclose(weight, weight.flip(0).flip(1).flip(2))
-    line = weight[4, 8].double()  # x axis through the centre; sigma = 32 / 8 = 4 voxels, centre at 15.5
-    assert float(line[19] / line[15]) == pytest.approx(np.exp(-0.5 * (3.5 ** 2 - 0.5 ** 2) / 16), rel=1e-3)
+    line = weight[4, 8].double()  # x axis through the peak; sigma = 32 / 8 = 4 voxels, peak at voxel 16
+    assert float(line[19]) == pytest.approx(np.exp(-0.5 * 3 ** 2 / 16), rel=1e-6)
+    assert float(line[13]) == pytest.approx(float(line[19]), rel=1e-6)  # symmetric about voxel 16, not 15.5
+    assert float(line[0]) == pytest.approx(np.exp(-0.5 * 16 ** 2 / 16), rel=1e-5)
+    odd = gaussian_importance((5, 5, 5))
+    assert torch.equal(odd, odd.flip(0).flip(1).flip(2))  # odd sizes: the middle voxel
 
 
 def test_sliding_window_on_a_volume_smaller_than_the_patch_keeps_its_shape_and_values():

@@ -1,9 +1,9 @@
 """Sliding-window prediction of a whole preprocessed volume with Gaussian importance weighting and mirroring.
 
 Windows of the patch size step across the volume (step 0.5 of the patch by default); each window's softmax-free
-logits are weighted by a Gaussian (sigma = patch / 8 per axis, peak 1, floor at its smallest positive value) and
-accumulated, then divided by the accumulated weights. Mirroring test-time augmentation averages the prediction over
-every subset of the allowed axes (8 passes in 3-D).
+logits are weighted by a Gaussian (sigma = patch / 8 per axis, peak 1 at voxel ``patch // 2``, floor at its smallest
+positive value) and accumulated, then divided by the accumulated weights. Mirroring test-time augmentation averages
+the prediction over every subset of the allowed axes (8 passes in 3-D).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from acvl_utils.cropping_and_padding.padding import pad_nd_image
 def _gaussian_cpu(patch_size: tuple[int, ...], sigma_scale: float) -> torch.Tensor:
     axes = []
     for size in patch_size:
-        coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        # nnU-Net's centre, voxel size // 2 (half a voxel past the middle of an even size): with it, nnU-Net's trained
+        # weights give nnU-Net's predictions to 0.04 DSC points per case; the exact middle moved them by up to 3 points
+        coords = torch.arange(size, dtype=torch.float64) - size // 2
         sigma = max(size * sigma_scale, 1e-6)
         axes.append(torch.exp(-0.5 * (coords / sigma) ** 2))
     weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
@@ -32,7 +34,7 @@ def _gaussian_cpu(patch_size: tuple[int, ...], sigma_scale: float) -> torch.Tens
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1 / 8,
                         device: torch.device | str = "cpu") -> torch.Tensor:
-    """The Gaussian weight map of a window: peak 1 at the centre, sigma = ``sigma_scale`` × patch per axis."""
+    """The Gaussian weight map of a window: peak 1 at voxel ``patch // 2``, sigma ``sigma_scale`` × patch per axis."""
     return _gaussian_cpu(tuple(int(s) for s in patch_size), float(sigma_scale)).to(device)
 
 
