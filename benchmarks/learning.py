@@ -163,11 +163,18 @@ def predict_covtransfer(bench: Bench, run: Run, predictions: Path) -> None:
                       "--quiet")
 
 
+def attempt_leftovers(bench: Bench, run: Run) -> list[Path]:
+    """The folders an unfinished attempt at ``run`` may have left: its run folder and, for covtransfer, its model
+    folder. An nnU-Net run has none of covtransfer's: the zero-bias covtransfer run of its seed has that tag."""
+    return [bench.work / "runs" / run.name] + ([covtransfer_model(bench, run).parent] if run.tool == "covtransfer"
+                                               else [])
+
+
 def train_and_predict(bench: Bench, run: Run) -> dict:
     """Train, predict the test cases and score them; returns the run's record (not yet written)."""
     folder = bench.work / "runs" / run.name
     dataset = bench.dataset_folder(run.kind)
-    for leftover in (folder, covtransfer_model(bench, run).parent):  # of an unfinished attempt
+    for leftover in attempt_leftovers(bench, run):
         shutil.rmtree(leftover, ignore_errors=True)
     folder.mkdir(parents=True)
     commit, load_at_start = git_commit(), os.getloadavg()[0]

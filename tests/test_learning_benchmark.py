@@ -5,15 +5,18 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from learning import attempt_leftovers  # noqa: E402
 from learning_report import head_init_decision, seed_level_delta, summarise  # noqa: E402
 from learning_runs import (Run, estimated_minutes, is_stale, load_records, make_record,  # noqa: E402
                            only_export_stale, takeoff_epoch, write_record)
 
+from covtransfer.config import Roots  # noqa: E402
 from covtransfer.inference import EXPORT_VERSION  # noqa: E402
 from covtransfer.training import ENGINE_VERSION  # noqa: E402
 
@@ -150,6 +153,15 @@ def test_seed_level_delta_is_welchs_interval_with_seeds_as_the_unit():
     assert (low, high) == pytest.approx((-2 - half, -2 + half))
     assert p == pytest.approx(2 * student_t.sf(2 / se, df))
     assert seed_level_delta([[1.0], [2.0, 3.0]]) is None and seed_level_delta([[1.0, 1.0], [2.0, 2.0]]) is None
+
+
+def test_an_nnunet_run_never_clears_the_model_of_the_covtransfer_run_with_its_seed(tmp_path):
+    bench = SimpleNamespace(work=tmp_path, roots=Roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"),
+                            dataset_folder=lambda kind: tmp_path / "raw" / "Dataset802_SyntheticTumor")
+    model = tmp_path / "results" / "Dataset802_SyntheticTumor" / "scratch__learning4_zero"
+    assert attempt_leftovers(bench, Run("covtransfer", "zero", "tumor", 4)) == [
+        tmp_path / "runs" / "covtransfer_zero_tumor_4", model]
+    assert attempt_leftovers(bench, Run("nnunet", "zero", "tumor", 4)) == [tmp_path / "runs" / "nnunet_zero_tumor_4"]
 
 
 def test_the_report_estimates_the_missing_runs_from_each_tools_median_wall_time():
