@@ -24,6 +24,7 @@ from covtransfer.data.dicom_io import find_series
 from covtransfer.inference import overlays
 from covtransfer.inference.dicom_seg import write_dicom_seg
 from covtransfer.inference.dicom_sr import write_burden_sr
+from cli_checks import refusal
 from dicom_series import write_ct_series
 from tiny_models import make_plans, save_checkpoint
 
@@ -98,11 +99,8 @@ def test_bad_cases_get_one_line_each_and_the_others_their_rows(dataset, tmp_path
 def test_raw_dataset_folders_are_refused_and_left_alone(dataset, capsys):
     before = sorted(p.name for p in (dataset / "labelsTr").iterdir())
     for target in (dataset / "labelsTr", dataset):
-        capsys.readouterr()
-        assert run_cli(quantify.main, ["-i", str(dataset / "imagesTr"), "-s", str(dataset / "labelsTr"),
-                                       "-o", str(target)]) == 1
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and "raw dataset folder" in err and err.count("\n") == 1
+        refusal(quantify.main, ["-i", str(dataset / "imagesTr"), "-s", str(dataset / "labelsTr"), "-o", str(target)],
+                capsys, "raw dataset folder")
     assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == before
     assert not (dataset / STATISTICS_CSV).exists()
 

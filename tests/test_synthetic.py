@@ -7,13 +7,13 @@ import pytest
 from scipy import ndimage
 
 from covtransfer.cli import make_synthetic
-from covtransfer.cli.common import run_cli
 from covtransfer.data.dataset_json import list_cases, load_dataset_json
 from covtransfer.data.image_io import read_image
 from covtransfer.datasets import synthetic
 from covtransfer.datasets.phantom import SIZES
 from covtransfer.datasets.synthetic import KINDS, case_rng, generate_case, make_synthetic_dataset
 from covtransfer.errors import CovtransferError
+from cli_checks import refusal
 
 # Expected HU of the lesion core per kind (model range widened by noise and partial volume at tiny spacing).
 LESION_HU = {"covid": (-750, -50), "tumor": (-25, 85), "effusion": (-25, 45)}
@@ -187,10 +187,8 @@ def test_cli_writes_dataset_and_reports_errors(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "env_root").exists()
     with pytest.raises(CovtransferError, match="already exists"):
         make_synthetic.main(argv)
-    assert run_cli(make_synthetic.main, argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
-    assert err.strip().endswith("already exists; pass --overwrite to replace it")  # the flag, not the API's keyword
+    error = refusal(make_synthetic.main, argv, capsys, "already exists")
+    assert error.endswith("already exists; pass --overwrite to replace it")  # the flag, not the API's keyword
     assert make_synthetic.main(argv + ["--overwrite", "--with-lungs"]) == 0
     assert load_dataset_json(folder).labels["lung"] == 1
     assert make_synthetic.main(argv + ["--overwrite"]) == 0
