@@ -2,7 +2,7 @@
 
 ``python batch_stats_nnunet.py DATASET SEED BATCHES OUT``: builds nnU-Net's trainer for ``learning.py``'s plans, draws
 BATCHES training batches (sampling and augmentation) and BATCHES validation batches from its own loaders, and saves
-the per-sample statistics of ``batch_stats.sample_stats`` to OUT (``.npz``).
+the per-sample statistics of ``batch_stats_common.sample_stats`` to OUT (``.npz``).
 """
 
 from __future__ import annotations
