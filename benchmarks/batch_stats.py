@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from covtransfer.atomic import write_json
 from covtransfer.config import Roots
@@ -37,7 +35,8 @@ from covtransfer.training.trainer import Trainer
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from batch_stats_common import STATS, sample_stats  # noqa: E402  (sibling scripts, not a package)
-from learning import DATASETS  # noqa: E402
+from fidelity import ks_p  # noqa: E402
+from learning import DATASETS, nnunet_env, raw_dataset_folder  # noqa: E402
 
 
 def covtransfer_stats(work: Path, dataset: str, seed: int, n_batches: int, scratch: Path) -> dict[str, np.ndarray]:
@@ -62,9 +61,7 @@ def covtransfer_stats(work: Path, dataset: str, seed: int, n_batches: int, scrat
 
 def nnunet_stats(work: Path, venv: Path, dataset: str, seed: int, n_batches: int, threads: int) -> dict:
     """nnU-Net's per-sample statistics, drawn in its own environment by ``batch_stats_nnunet.py``."""
-    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "nnunet" / "preprocessed"),
-               nnUNet_results=str(work / "batch_stats_nnunet_results"), nnUNet_n_proc_DA="0",
-               OMP_NUM_THREADS=str(threads))
+    env = nnunet_env(work, work / "batch_stats_nnunet_results", threads, 0)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stats.npz"
         subprocess.run([str(venv / "bin" / "python"), str(HERE / "batch_stats_nnunet.py"), dataset, str(seed),
@@ -82,7 +79,7 @@ def compare(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> list[
         z = (a.mean() - b.mean()) / se if se > 0 else 0.0
         split, name = key.split("_", 1)
         rows.append({"split": split, "statistic": name, "covtransfer": float(a.mean()), "nnunet": float(b.mean()),
-                     "n": [len(a), len(b)], "z": float(z), "ks_p": float(stats.ks_2samp(a, b).pvalue)})
+                     "n": [len(a), len(b)], "z": float(z), "ks_p": ks_p(a, b)})
     return rows
 
 
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = args.work.resolve()
-    dataset = next((work / "raw").glob(f"Dataset{DATASETS[args.dataset].dataset_id:03d}_*")).name
+    dataset = raw_dataset_folder(work / "raw", args.dataset).name
     theirs = nnunet_stats(work, args.nnunet_venv, dataset, args.seed, args.batches, args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         ours = covtransfer_stats(work, dataset, args.seed, args.batches, Path(scratch))

@@ -29,14 +29,14 @@ from covtransfer.network.checkpoint_io import load_checkpoint, save_checkpoint
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from learning import DATASETS, score  # noqa: E402  (sibling scripts, not a package)
+from learning import raw_dataset_folder, score  # noqa: E402  (sibling scripts, not a package)
 from learning_runs import RESULTS  # noqa: E402
 from same_start import covtransfer_name  # noqa: E402
 
 
 def raw_dataset(work: Path, run: str) -> Path:
     """The raw dataset folder of a run named ``<tool>_<init>_<dataset>_<seed>``."""
-    return next((work / "raw").glob(f"Dataset{DATASETS[run.split('_')[2]].dataset_id:03d}_*"))
+    return raw_dataset_folder(work / "raw", run.split("_")[2])
 
 
 def covtransfer_checkpoint(work: Path, run: str, out: Path) -> Path:

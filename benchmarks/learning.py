@@ -86,6 +86,17 @@ def data_seed(name: str, data_round: int) -> int:
     return FRESH_DATA_SEEDS[index]
 
 
+def raw_dataset_folder(raw: Path, name: str) -> Path:
+    """The raw folder of benchmark dataset ``name`` (a key of ``DATASETS``) under the raw root ``raw``."""
+    return next(raw.glob(f"Dataset{DATASETS[name].dataset_id:03d}_*"))
+
+
+def nnunet_env(work: Path, results: Path, threads: int, augmentation_workers: int) -> dict:
+    """The environment for nnU-Net's scripts on ``work``'s raw data and nnU-Net-preprocessed copy."""
+    return dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "nnunet" / "preprocessed"),
+                nnUNet_results=str(results), nnUNet_n_proc_DA=str(augmentation_workers), OMP_NUM_THREADS=str(threads))
+
+
 class Bench:
     """Paths, schedule and environments shared by every run."""
 
@@ -101,14 +112,10 @@ class Bench:
                          "data_round": self.data_round}
 
     def dataset_folder(self, name: str) -> Path:
-        dataset_id = DATASETS[name].dataset_id
-        return next(self.roots.raw.glob(f"Dataset{dataset_id:03d}_*"))
+        return raw_dataset_folder(self.roots.raw, name)
 
     def nnunet_env(self) -> dict:
-        nn = self.work / "nnunet"
-        return dict(os.environ, nnUNet_raw=str(self.roots.raw), nnUNet_preprocessed=str(nn / "preprocessed"),
-                    nnUNet_results=str(nn / "results"), nnUNet_n_proc_DA="1", OMP_NUM_THREADS=str(self.threads),
-                    nnUNet_compile="false")
+        return dict(nnunet_env(self.work, self.work / "nnunet" / "results", self.threads, 1), nnUNet_compile="false")
 
     def nnunet(self, *args: str) -> None:
         if self.nnunet_python is None:

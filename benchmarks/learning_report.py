@@ -136,7 +136,7 @@ def prior_passes(c: dict) -> bool:
 def missed_targets(c: dict) -> list[str]:
     """The targets covtransfer (A) misses against nnU-Net (B) on one dataset: mean DSC and NSD not lower, the paired
     CI's upper end of Δ DSC above 0, take-off at the same epoch or earlier on every seed."""
-    later = sum(_rank(a) > _rank(b) for a, b in c["takeoff"])
+    later = takeoff_order([a for a, _ in c["takeoff"]], [b for _, b in c["takeoff"]])[2]
     return ([f"DSC lower by {c['dice'][1] - c['dice'][0]:.1f}"] if c["dice"][0] < c["dice"][1] else []) + \
         ([f"NSD lower by {c['nsd'][1] - c['nsd'][0]:.1f}"] if c["nsd"][0] < c["nsd"][1] else []) + \
         ([f"CI upper {c['dice_ci'][1]:+.1f}"] if not c["dice_ci"][1] > 0 else []) + \

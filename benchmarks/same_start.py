@@ -15,7 +15,6 @@ Usage (after ``learning.py`` prepared ``--work``)::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from covtransfer.training.trainer import Trainer, TrainingSettings, TrainingTask
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from learning import DATASETS  # noqa: E402  (a sibling script, not a package)
+from learning import DATASETS, nnunet_env, raw_dataset_folder  # noqa: E402  (a sibling script, not a package)
 
 
 def covtransfer_name(nnunet_name: str, n_decoder_levels: int, head: str) -> str | None:
@@ -73,12 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = args.work.resolve()
-    dataset = next((work / "raw").glob(f"Dataset{DATASETS[args.dataset][0]:03d}_*")).name
+    dataset = raw_dataset_folder(work / "raw", args.dataset).name
     recording = work / "same_start" / f"{args.dataset}_{args.seed}.pt"
     recording.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "nnunet" / "preprocessed"),
-               nnUNet_results=str(recording.parent / "nnunet_results"), nnUNet_n_proc_DA="0",
-               OMP_NUM_THREADS=str(args.threads))
+    env = nnunet_env(work, recording.parent / "nnunet_results", args.threads, 0)
     if not recording.is_file():
         subprocess.run([str(args.nnunet_venv / "bin" / "python"), str(HERE / "same_start_nnunet.py"), dataset,
                         str(args.seed), str(args.batches), str(recording)], check=True, env=env)
